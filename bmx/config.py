@@ -1,0 +1,110 @@
+"""The binary layer configuration context.
+
+``with bmx.binary_layer_config(bits=1, bits_a=1, clip_threshold=1.3):`` sets the defaults that
+binary layers read *when they are constructed*; arguments given to a layer override them.
+Contexts nest (inner values override outer ones) and are per thread.
+
+Fields:
+    bits: weight bits, 1 (sign) or 2..8 (DoReFa).
+    bits_a: activation bits, 1 (sign) or 2..8 (uniform k-bit).
+    clip_threshold: t_clip of the clipped straight-through estimator (``det_sign`` only), >= 0.
+    activation: ``'det_sign'`` or ``'approx_sign'`` for 1-bit activations, ``'round'`` for k-bit;
+        None picks the default for ``bits_a``.
+    weight_quantization: ``'det_sign'`` for 1-bit weights, ``'dorefa'`` for k-bit;
+        None picks the default for ``bits``.
+    pad_value: value a binary convolution pads its input with: -1 (as BMXNet-v2 trained the
+        published models; keeps the border inside {-1, +1}) or 0.
+    apply_scaling: multiply each output channel by the mean |W| of its latent weights.
+
+An invalid combination (e.g. ``bits_a=2, activation='approx_sign'``) raises ValueError; nothing is
+silently replaced.
+"""
+import contextlib
+import dataclasses
+import math
+import numbers
+import threading
+
+__all__ = ["BinaryLayerConfig", "binary_layer_config", "current_config", "resolve"]
+
+ACTIVATIONS_1BIT = ("det_sign", "approx_sign")
+ACTIVATIONS_KBIT = ("round",)
+WEIGHT_QUANTIZATIONS_1BIT = ("det_sign",)
+WEIGHT_QUANTIZATIONS_KBIT = ("dorefa",)
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryLayerConfig:
+    bits: int = 1
+    bits_a: int = 1
+    clip_threshold: float = 1.0
+    activation: str = None
+    weight_quantization: str = None
+    pad_value: float = -1
+    apply_scaling: bool = False
+
+    def __post_init__(self):
+        for name in ("bits", "bits_a"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= 8:
+                raise ValueError(f"{name} must be an integer in 1..8, got {value!r}")
+        t = self.clip_threshold
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (t >= 0 and math.isfinite(t)):
+            raise ValueError(f"clip_threshold must be a finite number >= 0, got {t!r}")
+        allowed_act = ACTIVATIONS_1BIT if self.bits_a == 1 else ACTIVATIONS_KBIT
+        if self.activation is None:
+            object.__setattr__(self, "activation", allowed_act[0])
+        elif self.activation not in allowed_act:
+            raise ValueError(f"activation {self.activation!r} does not fit bits_a={self.bits_a}; "
+                             f"choose one of {allowed_act}")
+        allowed_w = WEIGHT_QUANTIZATIONS_1BIT if self.bits == 1 else WEIGHT_QUANTIZATIONS_KBIT
+        if self.weight_quantization is None:
+            object.__setattr__(self, "weight_quantization", allowed_w[0])
+        elif self.weight_quantization not in allowed_w:
+            raise ValueError(f"weight_quantization {self.weight_quantization!r} does not fit "
+                             f"bits={self.bits}; choose one of {allowed_w}")
+        if isinstance(self.pad_value, bool) or self.pad_value not in (-1, 0):
+            raise ValueError(f"pad_value must be -1 or 0, got {self.pad_value!r}")
+        if not isinstance(self.apply_scaling, bool):
+            raise ValueError(f"apply_scaling must be True or False, got {self.apply_scaling!r}")
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(BinaryLayerConfig))
+# A method left at None in an inner context is re-derived from that context's bits.
+_DERIVED = {"activation": "bits_a", "weight_quantization": "bits"}
+_state = threading.local()
+
+
+def current_config():
+    """The configuration in force on this thread."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else BinaryLayerConfig()
+
+
+def resolve(**overrides):
+    """The current configuration with the non-None overrides applied (validated)."""
+    base = current_config()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - set(_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown binary layer option(s): {sorted(unknown)}; known: {list(_FIELDS)}")
+    merged = dataclasses.asdict(base)
+    for method, bits_field in _DERIVED.items():
+        if bits_field in given and method not in given:
+            merged[method] = None
+    merged.update(given)
+    return BinaryLayerConfig(**merged)
+
+
+@contextlib.contextmanager
+def binary_layer_config(**options):
+    """Sets binary layer defaults for layers constructed inside the ``with`` block."""
+    config = resolve(**options)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(config)
+    try:
+        yield config
+    finally:
+        stack.pop()

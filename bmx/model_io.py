@@ -1,0 +1,86 @@
+"""Export a Gluon net to symbol JSON + params without a dummy forward, and import it back."""
+import json
+import os
+
+import mxnet as mx
+
+from . import _library
+from ._atomic import atomic_path
+
+__all__ = ["export", "imports", "ModelFileError"]
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, or needs operators that are not available."""
+
+
+def _finish_shapes(net, symbol, input_name, input_shape):
+    params = net.collect_params()
+    pending = [p for p in params.values() if p._data is None]
+    if not pending:
+        return
+    if input_shape is None:
+        raise ValueError(f"parameters {[p.name for p in pending][:3]}... have unknown shapes: "
+                         "pass input_shape=(N, C, H, W) so that export can infer them")
+    arg_shapes, _, aux_shapes = symbol.infer_shape(**{input_name: tuple(input_shape)})
+    shapes = dict(zip(symbol.list_arguments(), arg_shapes))
+    shapes.update(zip(symbol.list_auxiliary_states(), aux_shapes))
+    for p in pending:
+        if p._deferred_init:
+            p.shape = shapes[p.name]
+            p._finish_deferred_init()
+        else:
+            raise ValueError(f"parameter {p.name} is not initialized: call net.initialize() first")
+
+
+def export(net, path, epoch=0, input_shape=None, input_name="data"):
+    """Writes ``PATH-symbol.json`` and ``PATH-EPOCH.params`` (each atomically) and returns their paths.
+
+    Unlike ``HybridBlock.export`` this needs no forward pass: the graph is built symbolically.
+    Parameters whose shape was deferred (``in_channels=0``) are finished from ``input_shape``.
+    """
+    symbol = net(mx.sym.var(input_name))
+    if isinstance(symbol, (list, tuple)):
+        symbol = mx.sym.Group(list(symbol))
+    _finish_shapes(net, symbol, input_name, input_shape)
+    params = {p.name: p for p in net.collect_params().values()}
+    arrays = {}
+    for name in symbol.list_arguments():
+        if name != input_name:
+            arrays["arg:" + name] = params[name]._reduce()
+    for name in symbol.list_auxiliary_states():
+        arrays["aux:" + name] = params[name]._reduce()
+    symbol_file = f"{path}-symbol.json"
+    params_file = f"{path}-{epoch:04d}.params"
+    with atomic_path(symbol_file) as tmp:
+        symbol.save(tmp)
+    with atomic_path(params_file) as tmp:
+        mx.nd.save(tmp, arrays)
+    return symbol_file, params_file
+
+
+def required_operators(symbol_file):
+    """The bmx operators a symbol JSON uses (read as JSON: nothing in the file is executed)."""
+    try:
+        with open(symbol_file) as f:
+            graph = json.load(f)
+        nodes = graph["nodes"]
+    except FileNotFoundError:
+        raise ModelFileError(f"{symbol_file}: no such symbol file") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelFileError(f"{symbol_file}: not an MXNet symbol JSON ({err})") from None
+    return sorted({n["op"] for n in nodes if str(n.get("op", "")).startswith(_library.OPS_PREFIX)})
+
+
+def imports(symbol_file, param_file=None, input_names=("data",), ctx=None):
+    """``SymbolBlock.imports`` that first checks that every bmx operator the model needs is loaded."""
+    missing = [op for op in required_operators(symbol_file) if not _library.is_registered(op)]
+    if missing:
+        raise ModelFileError(
+            f"{symbol_file} needs operator(s) {missing}, which the loaded bmx operator library "
+            f"({_library.library_path()}) does not provide: the model was made by another bmx version")
+    if param_file is not None and not os.path.isfile(param_file):
+        raise ModelFileError(f"{param_file}: no such parameter file")
+    if isinstance(input_names, str):
+        input_names = (input_names,)
+    return mx.gluon.SymbolBlock.imports(symbol_file, list(input_names), param_file, ctx=ctx)
