@@ -16,3 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = ["binary_layer_config", "current_config", "config", "export", "imports", "ModelFileError",
            "nn", "quantizers", "xnor"]
+
+from . import models  # noqa: E402
+from .summary import summary  # noqa: E402
+
+__all__ += ["models", "summary"]

@@ -70,8 +70,9 @@ class BinaryLayerConfig:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BinaryLayerConfig))
-# A method left at None in an inner context is re-derived from that context's bits.
-_DERIVED = {"activation": "bits_a", "weight_quantization": "bits"}
+# A method not given alongside new bits is inherited if it fits them, else re-derived from them.
+_DERIVED = {"activation": ("bits_a", ACTIVATIONS_1BIT, ACTIVATIONS_KBIT),
+            "weight_quantization": ("bits", WEIGHT_QUANTIZATIONS_1BIT, WEIGHT_QUANTIZATIONS_KBIT)}
 _state = threading.local()
 
 
@@ -89,9 +90,11 @@ def resolve(**overrides):
     if unknown:
         raise TypeError(f"unknown binary layer option(s): {sorted(unknown)}; known: {list(_FIELDS)}")
     merged = dataclasses.asdict(base)
-    for method, bits_field in _DERIVED.items():
+    for method, (bits_field, one_bit, k_bit) in _DERIVED.items():
         if bits_field in given and method not in given:
-            merged[method] = None
+            fitting = one_bit if given[bits_field] == 1 else k_bit
+            if merged[method] not in fitting:
+                merged[method] = None
     merged.update(given)
     return BinaryLayerConfig(**merged)
 

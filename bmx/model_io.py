@@ -18,7 +18,10 @@ def _finish_shapes(net, symbol, input_name, input_shape):
     params = net.collect_params()
     pending = [p for p in params.values() if p._data is None]
     if not pending:
-        return
+        return []
+    uninitialized = [p for p in pending if not p._deferred_init]
+    if uninitialized:
+        raise ValueError(f"parameter {uninitialized[0].name} is not initialized: call net.initialize() first")
     if input_shape is None:
         raise ValueError(f"parameters {[p.name for p in pending][:3]}... have unknown shapes: "
                          "pass input_shape=(N, C, H, W) so that export can infer them")
@@ -26,11 +29,28 @@ def _finish_shapes(net, symbol, input_name, input_shape):
     shapes = dict(zip(symbol.list_arguments(), arg_shapes))
     shapes.update(zip(symbol.list_auxiliary_states(), aux_shapes))
     for p in pending:
-        if p._deferred_init:
-            p.shape = shapes[p.name]
-            p._finish_deferred_init()
-        else:
-            raise ValueError(f"parameter {p.name} is not initialized: call net.initialize() first")
+        p.shape = shapes[p.name]
+        p._finish_deferred_init()
+    return pending
+
+
+def _forget_stale_variables(net):
+    """Drops cached parameter Symbols whose __shape__ lags behind the parameter's shape.
+
+    Gluon caches a parameter's variable with the shape it had when first built: a net whose
+    in_channels were inferred by a forward pass still holds variables like (8, 0, 3, 3). Saved
+    in the JSON, such a partial shape cannot be inferred through bmx's library operators.
+    """
+    for p in net.collect_params().values():
+        if p._var is not None and p._var.attr("__shape__") != str(tuple(p.shape or ())):
+            p._var = None
+
+
+def _build_symbol(net, input_name):
+    symbol = net(mx.sym.var(input_name))
+    if isinstance(symbol, (list, tuple)):
+        symbol = mx.sym.Group(list(symbol))
+    return symbol
 
 
 def export(net, path, epoch=0, input_shape=None, input_name="data"):
@@ -39,10 +59,14 @@ def export(net, path, epoch=0, input_shape=None, input_name="data"):
     Unlike ``HybridBlock.export`` this needs no forward pass: the graph is built symbolically.
     Parameters whose shape was deferred (``in_channels=0``) are finished from ``input_shape``.
     """
-    symbol = net(mx.sym.var(input_name))
-    if isinstance(symbol, (list, tuple)):
-        symbol = mx.sym.Group(list(symbol))
-    _finish_shapes(net, symbol, input_name, input_shape)
+    _forget_stale_variables(net)
+    symbol = _build_symbol(net, input_name)
+    if _finish_shapes(net, symbol, input_name, input_shape):
+        # The graph was built while these shapes were unknown: its variables carry partial
+        # __shape__ attributes and the layers quantized those weights with stock operators
+        # (see bmx.nn._common.quantize_weight). Rebuild it with complete shapes.
+        _forget_stale_variables(net)
+        symbol = _build_symbol(net, input_name)
     params = {p.name: p for p in net.collect_params().values()}
     arrays = {}
     for name in symbol.list_arguments():

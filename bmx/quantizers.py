@@ -16,6 +16,7 @@ Sign convention everywhere: ``sign(x) = +1 if x >= 0 else -1`` (``sign(0) = +1``
 ``mx.nd.sign``.
 """
 import contextlib
+import math
 import numbers
 import threading
 
@@ -73,20 +74,11 @@ def _module_and_backend(x):
 
 
 def _check_threshold(clip_threshold):
-    if not isinstance(clip_threshold, numbers.Real) or not clip_threshold >= 0:
-        raise ValueError(f"clip_threshold must be a number >= 0, got {clip_threshold!r}")
+    valid = (isinstance(clip_threshold, numbers.Real) and not isinstance(clip_threshold, bool)
+             and math.isfinite(clip_threshold) and clip_threshold >= 0)
+    if not valid:
+        raise ValueError(f"clip_threshold must be a finite number >= 0, got {clip_threshold!r}")
     return float(clip_threshold)
-
-
-def _check_pad(pad, pad_value):
-    if isinstance(pad, numbers.Integral):
-        pad = (pad, pad)
-    pad = tuple(pad)
-    if len(pad) != 2 or any(not isinstance(p, numbers.Integral) or p < 0 for p in pad):
-        raise ValueError(f"pad must be an int >= 0 or a pair of them (height, width), got {pad!r}")
-    if pad_value not in (-1, 0):
-        raise ValueError(f"pad_value must be -1 or 0, got {pad_value!r}")
-    return (int(pad[0]), int(pad[1])), float(pad_value)
 
 
 def _check_bits(bits):
@@ -104,14 +96,13 @@ def _sign_value(F, x):
     return 2 * (x >= 0) - 1
 
 
-def _border(F, y, pad, pad_value):
-    if pad == (0, 0):
-        return y
-    return F.pad(y, mode="constant", constant_value=pad_value,
-                 pad_width=(0, 0, 0, 0, pad[0], pad[0], pad[1], pad[1]))
+def _inside(F, x, mask):
+    """x where mask holds, else 0, with gradient mask. Unlike x * mask, it is 0 (not NaN) for
+    x = +-inf or NaN outside the mask, so the straight-through value stays exact there too."""
+    return F.where(mask, x, F.zeros_like(x))
 
 
-def det_sign(x, clip_threshold=1.0, pad=0, pad_value=-1):
+def det_sign(x, clip_threshold=1.0, zero_one=False):
     r"""Deterministic sign with the clipped straight-through estimator (activations).
 
     Forward:  :math:`q(x) = +1` if :math:`x \ge 0` else :math:`-1`.
@@ -119,43 +110,44 @@ def det_sign(x, clip_threshold=1.0, pad=0, pad_value=-1):
     Backward: :math:`\partial q / \partial x = 1_{|x| \le t_{clip}}` (inclusive at the threshold).
 
     Args:
-        x: NDArray or Symbol, float32 or float16, any shape (4-D NCHW when ``pad`` is used).
+        x: NDArray or Symbol, float32 or float16, any shape.
         clip_threshold: :math:`t_{clip} \ge 0`; the published BinaryDenseNets use 1.0 or 1.3.
-        pad: border of ``pad_value`` added around H and W in the same pass (int or (h, w));
-            lets a binary conv that pads with -1 skip a separate pad operator.
-        pad_value: -1 (as the published models were trained) or 0.
+        zero_one: return the same sign encoded as :math:`b = (q + 1) / 2 \in \{0, 1\}`, with
+            gradient :math:`\tfrac12 1_{|x| \le t_{clip}}`. A convolution that must pad its
+            :math:`\pm 1` input with -1 can then pad ``b`` with zeros natively (see
+            :class:`bmx.nn.QConv2D`'s ``input_zero_one``).
 
     Returns:
-        Same type and dtype as x, entries in {-1, +1} (and ``pad_value`` on the border),
-        shape (N, C, H + 2 pad_h, W + 2 pad_w) when padded, else x's shape.
+        Same type, shape and dtype as x, entries in {-1, +1} (or {0, 1}).
     """
     F, backend = _module_and_backend(x)
     clip_threshold = _check_threshold(clip_threshold)
-    pad, pad_value = _check_pad(pad, pad_value)
     if backend == "native":
-        return F.bmx_det_sign(x, clip_threshold=clip_threshold, pad_h=pad[0], pad_w=pad[1],
-                              pad_value=pad_value)
-    passed = x * (F.abs(x) <= clip_threshold)
-    return _border(F, _straight_through(F, _sign_value(F, x), passed), pad, pad_value)
+        return F.bmx_det_sign(x, clip_threshold=clip_threshold, zero_one=int(bool(zero_one)))
+    passed = _inside(F, x, F.abs(x) <= clip_threshold)
+    if zero_one:
+        return _straight_through(F, x >= 0, 0.5 * passed)
+    return _straight_through(F, _sign_value(F, x), passed)
 
 
-def approx_sign(x, pad=0, pad_value=-1):
+def approx_sign(x, zero_one=False):
     r"""Sign with the ApproxSign (Bi-Real Net) gradient.
 
     Forward:  :math:`q(x) = +1` if :math:`x \ge 0` else :math:`-1`.
 
     Backward: :math:`\partial q / \partial x = 2 - 2|x|` for :math:`|x| \le 1`, else 0.
 
-    Args and returns as in :func:`det_sign` (no threshold).
+    Args and returns as in :func:`det_sign` (no threshold; ``zero_one`` halves the gradient).
     """
     F, backend = _module_and_backend(x)
-    pad, pad_value = _check_pad(pad, pad_value)
     if backend == "native":
-        return F.bmx_approx_sign(x, pad_h=pad[0], pad_w=pad[1], pad_value=pad_value)
+        return F.bmx_approx_sign(x, zero_one=int(bool(zero_one)))
     # c (2 - |c|) with c = clip(x, -1, 1) has derivative 2 - 2|x| inside and 0 outside.
-    c = F.clip(x, -1, 1) * (F.abs(x) <= 1)
+    c = _inside(F, F.clip(x, -1, 1), F.abs(x) <= 1)
     surrogate = c * (2 - F.abs(c))
-    return _border(F, _straight_through(F, _sign_value(F, x), surrogate), pad, pad_value)
+    if zero_one:
+        return _straight_through(F, x >= 0, 0.5 * surrogate)
+    return _straight_through(F, _sign_value(F, x), surrogate)
 
 
 def weight_sign(x):
@@ -201,7 +193,7 @@ def quantize_activation(x, bits):
     levels = float(2 ** bits - 1)
     clipped = F.clip(x, 0, 1)
     value = F.round(clipped * levels) / levels
-    return _straight_through(F, value, x * ((x >= 0) * (x <= 1)))
+    return _straight_through(F, value, _inside(F, x, (x >= 0) * (x <= 1)))
 
 
 def dorefa_weight(x, bits):
@@ -230,6 +222,8 @@ def dorefa_weight(x, bits):
     levels = float(2 ** bits - 1)
     t = F.tanh(x)
     two_m = 2 * F.maximum(F.BlockGrad(F.max(F.abs(t))), 1e-12)
-    u = F.broadcast_div(t, two_m) + 0.5
+    # Adding zeros_like(t) changes no value but lets shape inference run from u back to x, which
+    # a broadcast alone does not (layers with deferred in_channels need that).
+    u = F.elemwise_add(F.broadcast_div(t, two_m), F.zeros_like(t)) + 0.5
     value = 2 * (F.round(u * levels) / levels) - 1
     return _straight_through(F, value, 2 * u)

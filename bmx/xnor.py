@@ -2,12 +2,31 @@
 
 Layout (bitops.h): value j of a packed axis of length n lives in bit j % 64 of uint64 word
 j // 64; bit 1 means +1 (value >= 0), bit 0 means -1; bits past n are 0.
+
+Packed activations are NHWC: ``(N, H, W, words)``, the channels of a pixel packed together. With
+``groups > 1`` each group of ``C / groups`` channels is packed on its own, starting on a word
+boundary, so a pixel holds ``groups * words_for_bits(C / groups)`` words.
+
+Packed weights (:class:`PackedWeights`) keep, per output channel, one packed row per kernel tap,
+``(O, KH, KW, words_for_bits(C / groups))``, and the same rows re-laid for the kernels.
+
+The kernels (packing, xnor GEMM, convolution) come in three variants chosen at run time:
+``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2`` and ``portable`` C, all giving identical results. The
+best one this CPU supports is used unless :func:`set_kernel` forces another. Each call runs on
+OpenMP threads: ``threads=None`` means the OpenMP default (``OMP_NUM_THREADS``, else one per core).
 """
 import numpy as np
 
 from . import _xnor
 
-__all__ = ["pack", "pack_channels", "unpack", "words_for_bits"]
+__all__ = ["pack", "pack_channels", "unpack", "words_for_bits", "available_kernels", "get_kernel",
+           "set_kernel", "PackedWeights", "pack_weights", "gemm", "conv2d", "bn_sign_thresholds"]
+
+_KERNEL_ORDER = ("avx512", "avx2", "portable")
+_KERNEL_NAMES = {kernel_id: name for name, kernel_id in _xnor.KERNELS.items()}
+_forced_kernel = None
+# results and thresholds are int32, so a dot product must fit with room for "never" (2^31 - 1)
+_MAX_BITS = 2 ** 31 - 2
 
 
 def words_for_bits(n):
@@ -15,28 +34,86 @@ def words_for_bits(n):
     return _xnor.words_for_bits(int(n))
 
 
+def available_kernels():
+    """Names of the kernel variants this CPU can run, fastest first."""
+    return [name for name in _KERNEL_ORDER if _xnor.kernel_available(_xnor.KERNELS[name])]
+
+
+def set_kernel(name):
+    """Forces a kernel variant ('avx512', 'avx2', 'portable'); None restores the automatic choice."""
+    global _forced_kernel
+    if name is None:
+        _forced_kernel = None
+        return
+    if name not in _xnor.KERNELS:
+        raise ValueError(f"set_kernel: unknown kernel {name!r}, expected one of {list(_KERNEL_ORDER)}")
+    if not _xnor.kernel_available(_xnor.KERNELS[name]):
+        raise RuntimeError(f"set_kernel: this CPU cannot run the {name!r} kernel "
+                           f"(available: {available_kernels()})")
+    _forced_kernel = name
+
+
+def get_kernel():
+    """Name of the kernel variant that gemm and conv2d use now."""
+    return _forced_kernel or _KERNEL_NAMES[_xnor.best_kernel()]
+
+
+def _kernel_id():
+    return _xnor.KERNELS[get_kernel()]
+
+
+def _threads(threads):
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    return int(threads)
+
+
 def _float32(x, name):
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {x.dtype} (convert with .astype(np.float32))")
+    return np.require(x, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
+
+
+def _uint64(x, name, ndim):
+    x = np.asarray(x)
+    if x.dtype != np.uint64:
+        raise TypeError(f"{name} must be packed uint64 words, got {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
     return np.ascontiguousarray(x)
 
 
-def pack(x):
+def _check_tail(words, bits, name):
+    """Bits past `bits` in each packed group (the last axis) must be 0, or they would count."""
+    if bits % 64 and words.size and np.any(words[..., -1] >> np.uint64(bits % 64)):
+        raise ValueError(f"{name}: bits past the {bits} packed values must be 0 (pack with bmx.xnor.pack)")
+
+
+def pack(x, *, threads=None):
     """Signs of a float32 array packed along its last axis: (..., n) -> (..., ceil(n/64)) uint64."""
     x = _float32(x, "pack: x")
     if x.ndim < 1:
         raise ValueError("pack: x must have at least one axis")
-    rows = x.reshape(-1, x.shape[-1])
-    return _xnor.pack_rows(rows).reshape(x.shape[:-1] + (words_for_bits(x.shape[-1]),))
+    rows = x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1])  # -1 cannot be inferred when n = 0
+    return _xnor.pack_rows(rows, _kernel_id(), _threads(threads)).reshape(x.shape[:-1] + (words_for_bits(x.shape[-1]),))
 
 
-def pack_channels(x):
-    """Signs of an NCHW float32 tensor packed along C: (N, C, H, W) -> (N, H, W, ceil(C/64)) uint64."""
+def pack_channels(x, groups=1, *, threads=None):
+    """Signs of an NCHW float32 tensor packed along C: (N, C, H, W) -> (N, H, W, words) uint64.
+
+    words = groups * ceil(C / groups / 64): each group of C / groups channels starts on a word
+    boundary (with groups=1 simply the C channels).
+    """
     x = _float32(x, "pack_channels: x")
     if x.ndim != 4:
         raise ValueError(f"pack_channels: x must be 4-D NCHW, got shape {x.shape}")
-    return _xnor.pack_nchw(x)
+    groups = _positive(groups, "pack_channels: groups")
+    if x.shape[1] % groups:
+        raise ValueError(f"pack_channels: {x.shape[1]} channels do not split into {groups} groups")
+    return _xnor.pack_nchw(x, groups, _kernel_id(), _threads(threads))
 
 
 def unpack(words, n):
@@ -49,3 +126,202 @@ def unpack(words, n):
     bits = (words[..., :, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
     bits = bits.reshape(words.shape[:-1] + (-1,))[..., :n]
     return np.where(bits == 1, np.float32(1), np.float32(-1))
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _pair(value, name, minimum):
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum
+                             for v in pair):
+        raise ValueError(f"{name} must be an integer >= {minimum} or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class PackedWeights:
+    """Binary weights ready for :func:`gemm` and :func:`conv2d` (make them with :func:`pack_weights`).
+
+    Attributes: ``words`` (O, KH, KW, words_for_bits(in_channels)) uint64, the signs of output
+    channel o, tap (kh, kw) packed along its group's input channels; ``groups``;
+    ``in_channels`` (input channels per group, i.e. bits per tap); ``out_channels``;
+    ``kernel_size`` (KH, KW); ``panels``, the same rows transposed for the kernels; ``tap_sums``
+    (KH * KW, O) int32, each output channel's sum of its +/-1 weights per tap (for zero padding).
+    """
+
+    __slots__ = ("words", "groups", "in_channels", "out_channels", "kernel_size", "panels", "tap_sums")
+
+    def __init__(self, words, in_channels, groups=1):
+        words = _uint64(words, "PackedWeights: words", 4)
+        self.groups = _positive(groups, "PackedWeights: groups")
+        self.in_channels = _positive(in_channels, "PackedWeights: in_channels")
+        self.out_channels, kh, kw, nwords = words.shape
+        if min(words.shape[:3]) == 0:
+            raise ValueError(f"PackedWeights: words must not be empty, got shape {words.shape}")
+        if nwords != words_for_bits(self.in_channels):
+            raise ValueError(f"PackedWeights: {self.in_channels} channels take {words_for_bits(self.in_channels)} "
+                             f"words per tap, got {nwords}")
+        if self.out_channels % self.groups:
+            raise ValueError(f"PackedWeights: {self.out_channels} output channels do not split into "
+                             f"{self.groups} groups")
+        if kh * kw * self.in_channels > _MAX_BITS:
+            raise ValueError("PackedWeights: a dot product of more than 2^31 - 2 bits does not fit int32")
+        _check_tail(words, self.in_channels, "PackedWeights: words")
+        self.words = words
+        self.kernel_size = (kh, kw)
+        self.panels = _xnor.pack_panels(words.reshape(self.out_channels, -1), self.groups)
+        self.tap_sums = _xnor.tap_sums(self.panels, self.groups, self.in_channels,
+                                       self.out_channels // self.groups, kh * kw)
+
+    @property
+    def bits(self):
+        """Counted bits of one output (the length of the +/-1 dot product): KH * KW * in_channels."""
+        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+
+
+def pack_weights(w, groups=1):
+    """Signs of float32 weights packed for the kernels.
+
+    ``w`` is a convolution weight (O, C / groups, KH, KW) (MXNet's OIHW) or a dense/GEMM weight
+    (N, K), which becomes a 1x1 kernel. Returns a :class:`PackedWeights`.
+    """
+    w = _float32(w, "pack_weights: w")
+    if w.ndim == 2:
+        w = w[:, :, None, None]
+    if w.ndim != 4:
+        raise ValueError(f"pack_weights: w must be (O, C, KH, KW) or (N, K), got shape {w.shape}")
+    if min(w.shape) == 0:
+        raise ValueError(f"pack_weights: w must not be empty, got shape {w.shape}")
+    return PackedWeights(pack(w.transpose(0, 2, 3, 1)), w.shape[1], groups)
+
+
+def gemm(a, b, k=None, *, threads=None):
+    """+/-1 matrix product of packed rows: int32 (M, N), C[i, j] = sum_t a_it * b_jt.
+
+    ``a``: (M, Kw) uint64, M rows of k packed values (see :func:`pack`). ``b``: (N, Kw) uint64
+    rows packed the same way, with ``k`` the number of values per row (Kw = ceil(k / 64)); or a
+    :class:`PackedWeights` from ``pack_weights`` of an (N, k) matrix, whose k is known (prepare
+    constant weights once: the panel re-layout is then not repeated per call).
+    Equals ``unpack(a, k) @ unpack(b, k).T`` exactly.
+    """
+    a = _uint64(a, "gemm: a", 2)
+    if isinstance(b, PackedWeights):
+        if b.kernel_size != (1, 1) or b.groups != 1:
+            raise ValueError("gemm: b must be packed from a 2-D (N, K) matrix")
+        if k is not None and k != b.in_channels:
+            raise ValueError(f"gemm: k={k} but b holds rows of {b.in_channels} values")
+        k, n, panels = b.in_channels, b.out_channels, b.panels
+    else:
+        b = _uint64(b, "gemm: b", 2)
+        if k is None:
+            raise ValueError("gemm: k (values per packed row) is required when b is an array")
+        k, n, panels = int(k), b.shape[0], None
+    if not 0 <= k <= _MAX_BITS:
+        raise ValueError(f"gemm: k must be in [0, 2^31 - 2], got {k}")
+    words = words_for_bits(k)
+    if a.shape[1] != words or (panels is None and b.shape[1] != words):
+        raise ValueError(f"gemm: rows of {k} values take {words} words, got a {a.shape}"
+                         + ("" if panels is not None else f", b {b.shape}"))
+    _check_tail(a, k, "gemm: a")
+    if panels is None:
+        _check_tail(b, k, "gemm: b")
+        panels = _xnor.pack_panels(b, 1)
+    return _xnor.gemm(a, panels, n, k, _kernel_id(), _threads(threads))
+
+
+def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0, layout="NCHW",
+           threshold=None, threads=None):
+    """Binary 2-D convolution: the convolution of sign(x) with sign(w), computed on packed bits.
+
+    x: float32 NCHW (its signs are packed here), or packed uint64 NHWC ``(N, H, W, words)`` as
+    made by :func:`pack_channels` (with the same groups).
+    w: float32 OIHW weights (packed here) or :class:`PackedWeights` (pack constant weights once).
+    stride, padding, dilation: an int or an (h, w) pair. groups: taken from PackedWeights; for
+    float weights, 1 unless given.
+    pad_value: what the padding holds, -1.0 (BMXNet-v2's sign-then-pad: free on packed data) or
+    0.0 (zero padding: exact, by a per-tap correction of the border outputs).
+
+    Returns int32 outputs, (N, O, OH, OW) for layout 'NCHW' or (N, OH, OW, O) for 'NHWC'.
+    With ``threshold=(sgn, thr)`` (int32 per output channel, see :func:`bn_sign_thresholds`) it
+    returns instead the packed signs of the next binary layer, NHWC uint64 (N, OH, OW,
+    ceil(O / 64)) as :func:`pack_channels` with groups=1 lays them out: channel o is bit
+    ``sgn[o] * y[o] >= thr[o]``; the int32 outputs are never written out.
+    """
+    if isinstance(w, PackedWeights):
+        if groups is not None and groups != w.groups:
+            raise ValueError(f"conv2d: groups={groups} but the packed weights have {w.groups}")
+    else:
+        w = _float32(w, "conv2d: w")
+        if w.ndim != 4:
+            raise ValueError(f"conv2d: w must be 4-D OIHW, got shape {w.shape}")
+        w = pack_weights(w, 1 if groups is None else groups)
+    groups, cg = w.groups, w.in_channels
+    x = np.asarray(x)
+    if x.dtype == np.float32:
+        if x.ndim != 4 or x.shape[1] != groups * cg:
+            raise ValueError(f"conv2d: x must be NCHW with {groups * cg} channels for these weights, "
+                             f"got shape {x.shape}")
+        x = pack_channels(x, groups)
+    elif x.dtype != np.uint64:
+        raise TypeError(f"conv2d: x must be float32 NCHW or packed uint64 NHWC, got {x.dtype}")
+    else:
+        x = _uint64(x, "conv2d: x", 4)
+        if x.shape[3] != groups * words_for_bits(cg):
+            raise ValueError(f"conv2d: packed x must hold {groups} x {words_for_bits(cg)} words per pixel "
+                             f"({groups * cg} channels in {groups} groups), got shape {x.shape}")
+        _check_tail(x.reshape(x.shape[:3] + (groups, -1)), cg, "conv2d: x")
+    stride = _pair(stride, "conv2d: stride", 1)
+    padding = _pair(padding, "conv2d: padding", 0)
+    dilation = _pair(dilation, "conv2d: dilation", 1)
+    if pad_value not in (-1.0, 0.0):
+        raise ValueError(f"conv2d: pad_value must be -1.0 or 0.0, got {pad_value!r}")
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"conv2d: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    for axis, size in enumerate(x.shape[1:3]):
+        span = dilation[axis] * (w.kernel_size[axis] - 1) + 1
+        if size + 2 * padding[axis] < span:
+            raise ValueError(f"conv2d: the dilated kernel ({span}) is larger than the padded input "
+                             f"({size + 2 * padding[axis]}) along {'HW'[axis]}")
+    sgn = thr = None
+    if threshold is not None:
+        if layout != "NHWC":
+            raise ValueError("conv2d: thresholded output is packed NHWC: pass layout='NHWC'")
+        sgn, thr = (np.ascontiguousarray(t) for t in threshold)
+        for name, t in (("sgn", sgn), ("thr", thr)):
+            if t.dtype != np.int32 or t.shape != (w.out_channels,):
+                raise ValueError(f"conv2d: threshold {name} must be int32 of shape ({w.out_channels},), "
+                                 f"got {t.dtype} {t.shape}")
+        if ((sgn < -1) | (sgn > 1)).any():
+            raise ValueError("conv2d: threshold sgn must be -1, 0 or +1")
+    y = _xnor.conv(x, w.panels, w.tap_sums, groups, cg, w.out_channels // groups, w.kernel_size, stride,
+                   padding, dilation, pad_value == 0.0, _kernel_id(), _threads(threads), sgn, thr)
+    if threshold is None and layout == "NCHW":
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    return y
+
+
+def bn_sign_thresholds(gamma, beta, mean, var, eps=1e-5):
+    """The integer thresholds (sgn, thr) for :func:`conv2d` that give sign(BatchNorm(y)).
+
+    eps defaults to Gluon BatchNorm's epsilon.
+
+    For an integer y, ``gamma * (y - mean) / sqrt(var + eps) + beta >= 0`` (sign(0) = +1) holds
+    exactly when ``sgn * y >= thr``: sgn = sign(gamma) and thr the bound rounded to the integer
+    grid (float64). A zero gamma gives a constant bit, sign(beta). Returns two int32 arrays.
+    """
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64).ravel() for v in (gamma, beta, mean, var))
+    if not gamma.shape == beta.shape == mean.shape == var.shape:
+        raise ValueError("bn_sign_thresholds: gamma, beta, mean and var must have the same length")
+    if not all(np.isfinite(v).all() for v in (gamma, beta, mean, var)) or (var + eps <= 0).any():
+        raise ValueError("bn_sign_thresholds: parameters must be finite with var + eps > 0")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = mean - beta * np.sqrt(var + eps) / gamma
+    limit = float(_MAX_BITS + 1)
+    sgn = np.sign(gamma).astype(np.int32)
+    thr = np.where(gamma > 0, np.ceil(bound), -np.floor(bound))
+    thr = np.where(gamma == 0, np.where(beta >= 0, 0.0, 1.0), np.clip(thr, -limit, limit))
+    return sgn, thr.astype(np.int32)
+

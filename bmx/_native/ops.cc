@@ -70,23 +70,24 @@ bool get_int(const Attrs& attrs, const char* key, int fallback, int* out) {
 
 struct SignParams {
   float clip_threshold = 1.0f;
-  int pad_h = 0, pad_w = 0;
-  float pad_value = -1.0f;
+  // Emit b = (sign(x) + 1) / 2 in {0, 1} instead of sign(x) (gradient halved to match), so
+  // that a following convolution can pad with zeros natively: see QConv2D's input_zero_one.
+  bool zero_one = false;
 };
 
 bool parse_sign_params(const Attrs& attrs, SignParams* p) {
+  int zero_one;
   if (!get_float(attrs, "clip_threshold", 1.0f, &p->clip_threshold)) return false;
-  if (!get_int(attrs, "pad_h", 0, &p->pad_h)) return false;
-  if (!get_int(attrs, "pad_w", 0, &p->pad_w)) return false;
-  if (!get_float(attrs, "pad_value", -1.0f, &p->pad_value)) return false;
+  if (!get_int(attrs, "zero_one", 0, &zero_one)) return false;
   if (!(p->clip_threshold >= 0.0f)) {
     MX_ERROR_MSG << "clip_threshold must be >= 0, got " << p->clip_threshold;
     return false;
   }
-  if (p->pad_h < 0 || p->pad_w < 0) {
-    MX_ERROR_MSG << "pad_h and pad_w must be >= 0, got (" << p->pad_h << ", " << p->pad_w << ")";
+  if (zero_one != 0 && zero_one != 1) {
+    MX_ERROR_MSG << "zero_one must be 0 or 1, got " << zero_one;
     return false;
   }
+  p->zero_one = zero_one == 1;
   return true;
 }
 
@@ -136,24 +137,16 @@ MXReturnValue infer_shape_same(const Attrs& attrs, std::vector<std::vector<unsig
   return MX_SUCCESS;
 }
 
-MXReturnValue infer_shape_sign(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in,
-                               std::vector<std::vector<unsigned int>>* out) {
-  SignParams p;
-  if (!parse_sign_params(attrs, &p)) return MX_FAIL;
-  std::vector<unsigned int> shape = in->at(0);
-  if (p.pad_h || p.pad_w) {
-    if (shape.size() != 4) {
-      MX_ERROR_MSG << "padding needs a 4-D NCHW input, got a " << shape.size() << "-D input";
-      return MX_FAIL;
-    }
-    shape[2] += 2 * p.pad_h;
-    shape[3] += 2 * p.pad_w;
-  }
-  out->at(0) = shape;
-  return MX_SUCCESS;
-}
-
 // ---------------------------------------------------------------- kernels
+
+// roundf() for 0 <= v <= 255 (halves away from zero), in a form the compiler vectorizes with
+// plain SSE2: in double, v + 0.5 is exact, so truncation gives floor(v + 0.5) exactly.
+// NaN is passed through (converting it to int would be undefined).
+inline float round_half_up(float v) {
+  const bool is_nan = v != v;
+  float r = static_cast<float>(static_cast<int32_t>((is_nan ? 0.0 : static_cast<double>(v)) + 0.5));
+  return is_nan ? v : r;
+}
 
 // Applies f elementwise: out[i] = f(a[i], b[i]) for i < n, in parallel.
 template <typename T, typename F>
@@ -169,79 +162,22 @@ void map1(int64_t n, const T* a, T* out, F f) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(static_cast<float>(a[i])));
 }
 
-struct Plane {
-  int64_t planes, h, w;  // input planes (N*C) of h x w
-  int ph, pw;            // border on each side
-  int64_t oh() const { return h + 2 * ph; }
-  int64_t ow() const { return w + 2 * pw; }
-};
-
-Plane plane_of(const MXTensor& x, const SignParams& p) {
-  Plane pl;
-  pl.ph = p.pad_h;
-  pl.pw = p.pad_w;
-  if (x.shape.size() == 4) {
-    pl.planes = x.shape[0] * x.shape[1];
-    pl.h = x.shape[2];
-    pl.w = x.shape[3];
-  } else {
-    pl.planes = 1;
-    pl.h = 1;
-    pl.w = x.size();
-  }
-  return pl;
-}
-
-// y = sign(x) written inside a border of pad_value (the fused sign + pad).
-template <typename T>
-void sign_padded_forward(const Plane& pl, float pad_value, const T* x, T* y) {
-  const T border = static_cast<T>(pad_value);
-  const int64_t oh = pl.oh(), ow = pl.ow();
-#pragma omp parallel for schedule(static) if (pl.planes * oh * ow > kParallelGrain)
-  for (int64_t p = 0; p < pl.planes; ++p) {
-    const T* src = x + p * pl.h * pl.w;
-    T* dst = y + p * oh * ow;
-    std::fill(dst, dst + pl.ph * ow, border);
-    for (int64_t r = 0; r < pl.h; ++r) {
-      T* row = dst + (r + pl.ph) * ow;
-      const T* in = src + r * pl.w;
-      std::fill(row, row + pl.pw, border);
-      for (int64_t c = 0; c < pl.w; ++c)
-        row[pl.pw + c] = static_cast<T>(bmx_sign_f32(static_cast<float>(in[c])));
-      std::fill(row + pl.pw + pl.w, row + ow, border);
-    }
-    std::fill(dst + (pl.ph + pl.h) * ow, dst + oh * ow, border);
-  }
-}
-
-// gx = gy (cropped to the inside of the border) * g(x).
-template <typename T, typename G>
-void sign_padded_backward(const Plane& pl, const T* gy, const T* x, T* gx, G g) {
-  if (pl.ph == 0 && pl.pw == 0) {
-    map2(pl.planes * pl.h * pl.w, gy, x, gx, [&](float d, float v) { return d * g(v); });
-    return;
-  }
-  const int64_t oh = pl.oh(), ow = pl.ow();
-#pragma omp parallel for schedule(static) if (pl.planes * oh * ow > kParallelGrain)
-  for (int64_t p = 0; p < pl.planes; ++p) {
-    for (int64_t r = 0; r < pl.h; ++r) {
-      const T* d = gy + p * oh * ow + (r + pl.ph) * ow + pl.pw;
-      const T* v = x + p * pl.h * pl.w + r * pl.w;
-      T* o = gx + p * pl.h * pl.w + r * pl.w;
-      for (int64_t c = 0; c < pl.w; ++c)
-        o[c] = static_cast<T>(static_cast<float>(d[c]) * g(static_cast<float>(v[c])));
-    }
-  }
-}
-
 template <typename T>
 void sign_forward(const SignParams& p, MXTensor& x, MXTensor& y) {
-  Plane pl = plane_of(x, p);
-  if (pl.ph == 0 && pl.pw == 0) {
-    map1(x.size(), x.data<T>(), y.data<T>(), bmx_sign_f32);
+  if (p.zero_one) {
+    map1(x.size(), x.data<T>(), y.data<T>(),
+         [](float v) { return static_cast<float>(bmx_sign_bit_f32(v)); });
   } else {
-    sign_padded_forward(pl, p.pad_value, x.data<T>(), y.data<T>());
+    map1(x.size(), x.data<T>(), y.data<T>(), [](float v) { return bmx_sign_f32(v); });
   }
+}
+
+// gx = gy * g(x), halved for the {0, 1} encoding whose forward is half as steep.
+template <typename T, typename G>
+void sign_backward(const SignParams& p, MXTensor& gy, MXTensor& x, MXTensor& gx, G g) {
+  const float scale = p.zero_one ? 0.5f : 1.0f;
+  map2(x.size(), gy.data<T>(), x.data<T>(), gx.data<T>(),
+       [&](float d, float v) { return d * (g(v) * scale); });
 }
 
 // The gradient masks of the two sign estimators.
@@ -284,11 +220,8 @@ MXReturnValue det_sign_backward(const Attrs& attrs, std::vector<MXTensor>* in,
                                 std::vector<MXTensor>* out, const OpResource& res) {
   SignParams p;
   if (!parse_sign_params(attrs, &p)) return MX_FAIL;
-  MXTensor& x = in->at(1);
-  Plane pl = plane_of(x, p);
-  BMX_DISPATCH(x.dtype, T,
-               sign_padded_backward(pl, in->at(0).data<T>(), x.data<T>(), out->at(0).data<T>(),
-                                    ClippedSte{p.clip_threshold}));
+  BMX_DISPATCH(in->at(1).dtype, T,
+               sign_backward<T>(p, in->at(0), in->at(1), out->at(0), ClippedSte{p.clip_threshold}));
   return MX_SUCCESS;
 }
 
@@ -298,11 +231,8 @@ MXReturnValue approx_sign_backward(const Attrs& attrs, std::vector<MXTensor>* in
                                    std::vector<MXTensor>* out, const OpResource& res) {
   SignParams p;
   if (!parse_sign_params(attrs, &p)) return MX_FAIL;
-  MXTensor& x = in->at(1);
-  Plane pl = plane_of(x, p);
-  BMX_DISPATCH(x.dtype, T,
-               sign_padded_backward(pl, in->at(0).data<T>(), x.data<T>(), out->at(0).data<T>(),
-                                    ApproxSignGrad()));
+  BMX_DISPATCH(in->at(1).dtype, T,
+               sign_backward<T>(p, in->at(0), in->at(1), out->at(0), ApproxSignGrad()));
   return MX_SUCCESS;
 }
 
@@ -311,7 +241,8 @@ MXReturnValue approx_sign_backward(const Attrs& attrs, std::vector<MXTensor>* in
 MXReturnValue weight_sign_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                                   std::vector<MXTensor>* out, const OpResource& res) {
   MXTensor& x = in->at(0);
-  BMX_DISPATCH(x.dtype, T, map1(x.size(), x.data<T>(), out->at(0).data<T>(), bmx_sign_f32));
+  BMX_DISPATCH(x.dtype, T, map1(x.size(), x.data<T>(), out->at(0).data<T>(),
+                                [](float v) { return bmx_sign_f32(v); }));
   return MX_SUCCESS;
 }
 
@@ -333,7 +264,7 @@ MXReturnValue quantize_act_forward(const Attrs& attrs, std::vector<MXTensor>* in
   MXTensor& x = in->at(0);
   BMX_DISPATCH(x.dtype, T, map1(x.size(), x.data<T>(), out->at(0).data<T>(), [=](float v) {
                  float c = std::min(std::max(v, 0.0f), 1.0f);
-                 return std::round(c * levels) / levels;
+                 return round_half_up(c * levels) / levels;
                }));
   return MX_SUCCESS;
 }
@@ -368,7 +299,7 @@ MXReturnValue quantize_weight_forward(const Attrs& attrs, std::vector<MXTensor>*
     const float two_m = 2.0f * max_abs_tanh(w.size(), w.data<T>());
     map1(w.size(), w.data<T>(), out->at(0).data<T>(), [=](float v) {
       float u = std::tanh(v) / two_m + 0.5f;
-      return 2.0f * (std::round(u * levels) / levels) - 1.0f;
+      return 2.0f * (round_half_up(u * levels) / levels) - 1.0f;
     });
   });
   return MX_SUCCESS;
@@ -392,14 +323,14 @@ MXReturnValue quantize_weight_backward(const Attrs& attrs, std::vector<MXTensor>
 REGISTER_OP(bmx_det_sign)
     .setParseAttrs(parse_sign)
     .setInferType(infer_type)
-    .setInferShape(infer_shape_sign)
+    .setInferShape(infer_shape_same)
     .setForward(det_sign_forward, "cpu")
     .setBackward(det_sign_backward, "cpu");
 
 REGISTER_OP(bmx_approx_sign)
     .setParseAttrs(parse_sign)
     .setInferType(infer_type)
-    .setInferShape(infer_shape_sign)
+    .setInferShape(infer_shape_same)
     .setForward(det_sign_forward, "cpu")
     .setBackward(approx_sign_backward, "cpu");
 

@@ -1,23 +1,48 @@
 """Pieces shared by the quantized layers."""
+import re
+
 import mxnet as mx
 
 from .. import quantizers
 from ..config import resolve
 
 
-def resolve_for(block, **options):
-    """resolve() whose ValueError names the layer being built."""
+def resolve_for(block, aliases=None, **options):
+    """resolve() whose ValueError names the layer being built.
+
+    ``aliases`` maps config field names to the layer's own argument names (QActivation calls
+    ``bits_a`` ``bits``), so that the message names what the user actually passed.
+    """
     try:
         return resolve(**options)
     except ValueError as err:
-        raise ValueError(f"{type(block).__name__} '{block.name}': {err}") from None
+        message = str(err)
+        for field, argument in (aliases or {}).items():
+            message = re.sub(rf"\b{field}\b", argument, message)
+        raise ValueError(f"{type(block).__name__} '{block.name}': {message}") from None
 
 
-def quantize_weight(weight, config):
-    """The weight the layer computes with: sign(W) for 1 bit, DoReFa for k bits."""
+def quantize_weight(weight, config, parameter=None):
+    """The weight the layer computes with: sign(W) for 1 bit, DoReFa for k bits.
+
+    While ``parameter``'s shape is still partly unknown (deferred ``in_channels``/``in_units``),
+    a Symbol weight is quantized with the stock-operator (composite) implementation, which
+    computes the same values: MXNet 1.9 cannot infer shapes through a library operator (it hands
+    the op an unknown dimension as 4294967295 and cannot infer the op's input from its output),
+    so the native op would make deferred shape inference, and ``bmx.export(input_shape=...)``,
+    fail.
+    """
+    if parameter is not None and isinstance(weight, mx.sym.Symbol) and not _shape_known(parameter):
+        with quantizers.use_backend("composite"):
+            return quantize_weight(weight, config)
     if config.bits == 1:
         return quantizers.weight_sign(weight)
     return quantizers.dorefa_weight(weight, config.bits)
+
+
+def _shape_known(parameter):
+    shape = parameter.shape
+    return shape is not None and len(shape) > 0 and all(d > 0 for d in shape)
 
 
 def scale_by_weight_magnitude(F, y, weight, channel_axis_shape):

@@ -21,19 +21,21 @@ class QActivation(HybridBlock):
         bits: activation bits (the config's ``bits_a``).
         clip_threshold: :math:`t_{clip}` for ``det_sign``.
         method: ``'det_sign'``, ``'approx_sign'`` or ``'round'``.
-        pad: border (int or (h, w)) of ``pad_value`` added around H and W after quantizing,
-            in the same pass for 1-bit activations; :class:`BinaryConvolution` uses it so that
-            its convolution needs no separate pad. Needs 4-D NCHW input when > 0.
-        pad_value: -1 or 0.
+        zero_one: 1-bit only: output the sign as :math:`b = (q + 1)/2 \in \{0, 1\}` (gradient
+            halved). :class:`BinaryConvolution` pairs it with ``QConv2D(input_zero_one=True)``
+            so that padding with -1 costs nothing.
 
-    Input: any shape. Output: same shape (H and W grown by 2 pad), same dtype.
+    Input: any shape. Output: same shape and dtype.
     """
 
-    def __init__(self, bits=None, clip_threshold=None, method=None, pad=0, pad_value=None, **kwargs):
+    def __init__(self, bits=None, clip_threshold=None, method=None, zero_one=False, **kwargs):
         super().__init__(**kwargs)
-        self.config = resolve_for(self, bits_a=bits, clip_threshold=clip_threshold, activation=method,
-                                  pad_value=pad_value)
-        self.pad, _ = quantizers._check_pad(pad, self.config.pad_value)
+        self.config = resolve_for(self, aliases={"bits_a": "bits", "activation": "method"}, bits_a=bits,
+                                  clip_threshold=clip_threshold, activation=method)
+        if zero_one and self.config.bits_a != 1:
+            raise ValueError(f"QActivation '{self.name}': zero_one needs 1-bit activations, "
+                             f"got bits={self.config.bits_a}")
+        self.zero_one = bool(zero_one)
 
     @property
     def bits(self):
@@ -46,13 +48,12 @@ class QActivation(HybridBlock):
     def hybrid_forward(self, F, x):
         c = self.config
         if c.activation == "det_sign":
-            return quantizers.det_sign(x, c.clip_threshold, pad=self.pad, pad_value=c.pad_value)
+            return quantizers.det_sign(x, c.clip_threshold, zero_one=self.zero_one)
         if c.activation == "approx_sign":
-            return quantizers.approx_sign(x, pad=self.pad, pad_value=c.pad_value)
-        y = quantizers.quantize_activation(x, c.bits_a)
-        return quantizers._border(F, y, self.pad, float(c.pad_value))
+            return quantizers.approx_sign(x, zero_one=self.zero_one)
+        return quantizers.quantize_activation(x, c.bits_a)
 
     def __repr__(self):
         extra = f", clip_threshold={self.config.clip_threshold}" if self.method == "det_sign" else ""
-        pad = f", pad={self.pad}, pad_value={self.config.pad_value}" if self.pad != (0, 0) else ""
-        return f"{type(self).__name__}(bits={self.bits}, method={self.method!r}{extra}{pad})"
+        encoding = ", zero_one=True" if self.zero_one else ""
+        return f"{type(self).__name__}(bits={self.bits}, method={self.method!r}{extra}{encoding})"

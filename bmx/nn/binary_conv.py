@@ -2,7 +2,7 @@
 from mxnet.gluon import HybridBlock
 
 from .activation import QActivation
-from .conv import QConv2D
+from .conv import QConv2D, _pair
 from ._common import resolve_for
 
 
@@ -11,8 +11,9 @@ class BinaryConvolution(HybridBlock):
 
     Forward: :math:`y = \mathrm{conv}(\mathrm{pad}_v(Q_a(x)),\, Q_w(W))` (see :class:`QActivation`
     and :class:`QConv2D` for :math:`Q_a`, :math:`Q_w` and their backward passes). With 1-bit
-    activations and ``pad_value=-1`` the sign and the -1 border are produced by one fused
-    operator, so no separate pad runs.
+    activations and ``pad_value=-1`` the sign is passed on as :math:`\{0, 1\}` so that the
+    convolution pads with zeros natively and folds the -1 border into a bias (exactly; see
+    :class:`QConv2D`'s ``input_zero_one``).
 
     Arguments are the union of QConv2D's and QActivation's (``bits`` for weights, ``bits_a`` for
     activations, ``activation`` for the activation method); None means "from the config".
@@ -27,18 +28,23 @@ class BinaryConvolution(HybridBlock):
         c = self.config = resolve_for(self, bits=bits, bits_a=bits_a, clip_threshold=clip_threshold,
                                       activation=activation, weight_quantization=weight_quantization,
                                       pad_value=pad_value, apply_scaling=apply_scaling)
-        fuse_pad = c.bits_a == 1 and c.pad_value == -1
+        padding = _pair(padding, "padding", f"BinaryConvolution '{self.name}'", 0)
+        zero_one = c.bits_a == 1 and c.pad_value == -1 and padding != (0, 0)
         with self.name_scope():
             self.qact = QActivation(bits=c.bits_a, clip_threshold=c.clip_threshold, method=c.activation,
-                                    pad=padding if fuse_pad else 0, pad_value=c.pad_value)
+                                    zero_one=zero_one)
             self.qconv = QConv2D(channels, kernel_size, strides=strides, padding=padding, dilation=dilation,
                                  groups=groups, in_channels=in_channels, bits=c.bits, pad_value=c.pad_value,
                                  apply_scaling=c.apply_scaling, weight_quantization=c.weight_quantization,
-                                 weight_initializer=weight_initializer, input_padded=fuse_pad)
+                                 weight_initializer=weight_initializer, input_zero_one=zero_one)
 
     def forward(self, x, *args):
         if hasattr(x, "ndim") and x.ndim != 4:
             raise ValueError(f"BinaryConvolution '{self.name}' expects a 4-D NCHW input, got shape {x.shape}")
+        in_channels = self.qconv.in_channels
+        if hasattr(x, "ndim") and in_channels and x.shape[1] != in_channels:
+            raise ValueError(f"BinaryConvolution '{self.name}' expects {in_channels} input channels, "
+                             f"got shape {x.shape}")
         return super().forward(x, *args)
 
     def hybrid_forward(self, F, x):

@@ -1,7 +1,6 @@
 """QConv2D: a 2-D convolution with quantized weights."""
 from mxnet.gluon import HybridBlock
 
-from .. import quantizers
 from ._common import is_ndarray, quantize_weight, resolve_for, scale_by_weight_magnitude, weight_parameter
 
 
@@ -28,15 +27,22 @@ class QConv2D(HybridBlock):
     estimator (identity for sign). Binary weights get ``wd_mult = 0``.
 
     Arguments as in ``mxnet.gluon.nn.Conv2D``; quantization arguments left at None come from
-    :func:`bmx.binary_layer_config`. ``input_padded=True`` declares that the input already carries
-    the ``padding`` border (see :class:`QActivation`'s ``pad``).
+    :func:`bmx.binary_layer_config`.
+
+    ``input_zero_one=True`` (with ``pad_value=-1``) declares that the input is a sign given as
+    :math:`b = (s + 1)/2 \in \{0, 1\}` (see :class:`QActivation`'s ``zero_one``). Since
+    :math:`\mathrm{pad}_{-1}(s) = 2\,\mathrm{pad}_0(b) - 1` and every receptive field of the padded
+    input is complete, the layer then computes exactly the same output as
+    :math:`y_o = 2\,\mathrm{conv}(\mathrm{pad}_0(b), Q(W))_o - \sum Q(W_o)`: the convolution pads
+    with zeros natively and the constant becomes its bias, which is cheaper than padding
+    with -1 explicitly. Gradients are identical too.
 
     Input: (N, in_channels, H, W). Output: (N, channels, H_out, W_out) as for Conv2D.
     """
 
     def __init__(self, channels, kernel_size, strides=1, padding=0, dilation=1, groups=1, in_channels=0,
                  bits=None, pad_value=None, apply_scaling=None, weight_quantization=None,
-                 weight_initializer=None, input_padded=False, **kwargs):
+                 weight_initializer=None, input_zero_one=False, **kwargs):
         super().__init__(**kwargs)
         self.config = resolve_for(self, bits=bits, pad_value=pad_value, apply_scaling=apply_scaling,
                                   weight_quantization=weight_quantization)
@@ -51,7 +57,9 @@ class QConv2D(HybridBlock):
             raise ValueError(f"{layer}: groups={groups!r} must be a positive int dividing channels "
                              f"({channels}) and in_channels ({in_channels})")
         self.channels, self.groups, self.in_channels = channels, groups, in_channels
-        self.input_padded = bool(input_padded)
+        if input_zero_one and self.config.pad_value != -1 and self.padding != (0, 0):
+            raise ValueError(f"{layer}: input_zero_one needs pad_value=-1 when padding is used")
+        self.input_zero_one = bool(input_zero_one)
         with self.name_scope():
             self.weight = weight_parameter(self, (channels, in_channels // groups) + self.kernel_size,
                                            self.config, weight_initializer)
@@ -71,15 +79,18 @@ class QConv2D(HybridBlock):
 
     def hybrid_forward(self, F, x, weight):
         c = self.config
-        if c.pad_value == 0:
-            conv_pad = self.padding
+        qweight = quantize_weight(weight, c, self.weight)
+        conv_args = dict(kernel=self.kernel_size, stride=self.strides, dilate=self.dilation,
+                         num_filter=self.channels, num_group=self.groups, layout="NCHW")
+        if self.input_zero_one:
+            offset = F.negative(F.sum(qweight, axis=(1, 2, 3)))
+            y = F.Convolution(data=x, weight=2 * qweight, bias=offset, pad=self.padding, **conv_args)
+        elif c.pad_value == 0 or self.padding == (0, 0):
+            y = F.Convolution(data=x, weight=qweight, pad=self.padding, no_bias=True, **conv_args)
         else:
-            conv_pad = (0, 0)
-            if not self.input_padded:
-                x = quantizers._border(F, x, self.padding, float(c.pad_value))
-        y = F.Convolution(x, quantize_weight(weight, c), kernel=self.kernel_size, stride=self.strides,
-                          dilate=self.dilation, pad=conv_pad, num_filter=self.channels,
-                          num_group=self.groups, no_bias=True, layout="NCHW")
+            padded = F.pad(x, mode="constant", constant_value=float(c.pad_value),
+                           pad_width=(0, 0, 0, 0) + (self.padding[0],) * 2 + (self.padding[1],) * 2)
+            y = F.Convolution(data=padded, weight=qweight, pad=(0, 0), no_bias=True, **conv_args)
         if c.apply_scaling:
             y = scale_by_weight_magnitude(F, y, weight, (1, -1, 1, 1))
         return y

@@ -1,4 +1,6 @@
 """QDense: a fully connected layer with quantized weights."""
+import math
+
 from mxnet.gluon import HybridBlock
 
 from ._common import is_ndarray, quantize_weight, resolve_for, scale_by_weight_magnitude, weight_parameter
@@ -35,10 +37,13 @@ class QDense(HybridBlock):
     def forward(self, x, *args):
         if is_ndarray(x) and x.ndim < 2:
             raise ValueError(f"QDense '{self.name}' expects a batch of shape (N, ...), got shape {x.shape}")
+        if is_ndarray(x) and self.in_units and math.prod(x.shape[1:]) != self.in_units:
+            raise ValueError(f"QDense '{self.name}' expects {self.in_units} input units per sample, "
+                             f"got shape {x.shape}")
         return super().forward(x, *args)
 
     def hybrid_forward(self, F, x, weight):
-        y = F.FullyConnected(x, quantize_weight(weight, self.config), num_hidden=self.units,
+        y = F.FullyConnected(x, quantize_weight(weight, self.config, self.weight), num_hidden=self.units,
                              no_bias=True, flatten=True)
         if self.config.apply_scaling:
             y = scale_by_weight_magnitude(F, y, weight, (1, -1))
