@@ -1,23 +1,20 @@
 """bmx: binary neural networks for MXNet Gluon.
 
 Importing bmx loads its native operator library into MXNet (``bmx_det_sign``, ``bmx_approx_sign``,
-``bmx_weight_sign``, ``bmx_quantize_act``, ``bmx_quantize_weight``); models exported from bmx can
-then be loaded with ``mx.gluon.SymbolBlock.imports`` or :func:`bmx.imports`.
+``bmx_weight_sign``, ``bmx_quantize_act``, ``bmx_quantize_weight``) and registers the ``'radam'``
+optimizer; models exported from bmx can then be loaded with ``mx.gluon.SymbolBlock.imports`` or
+:func:`bmx.imports`.
 """
 from . import _library
 
 _library.load()
 
-from . import config, nn, quantizers, xnor  # noqa: E402
+from . import config, models, nn, optimizers, quantizers, xnor  # noqa: E402
 from .config import binary_layer_config, current_config  # noqa: E402
 from .model_io import ModelFileError, export, imports  # noqa: E402
+from .summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["binary_layer_config", "current_config", "config", "export", "imports", "ModelFileError",
-           "nn", "quantizers", "xnor"]
-
-from . import models  # noqa: E402
-from .summary import summary  # noqa: E402
-
-__all__ += ["models", "summary"]
+           "models", "nn", "optimizers", "quantizers", "summary", "xnor"]

@@ -1,0 +1,561 @@
+"""Data pipelines for training and evaluating image classifiers: ImageNet, CIFAR-10, synthetic.
+
+Every pipeline is a :class:`Split` whose ``batches(epoch)`` yields ``(data, label)`` NDArrays on
+the CPU: ``data`` float32 (N, 3, H, W), normalized with the dataset's per-channel mean and std
+(0..255 scale); ``label`` float32 (N,) class ids.
+
+Layouts read:
+
+* ImageNet, RecordIO: ``DIR/train.rec`` + ``train.idx`` and ``DIR/val.rec`` + ``val.idx``
+  (as ``im2rec`` packs them), read by ``mx.io.ImageRecordIter`` (C++ decoding threads; the fast
+  path) or, with ``loader='gluon'``, by the Gluon pipeline below.
+* ImageNet, image folders: ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg``, listed by
+  ``mx.gluon.data.vision.ImageFolderDataset`` (classes are the sorted sub-folder names).
+* CIFAR-10, RecordIO: ``DIR/train.rec`` + ``train.idx`` (JPEG records, labels 0..9). A fixed-seed
+  random hold-out of ``val_size`` images is the validation split; ``DIR/test.rec`` + ``test.idx``,
+  when present, is the test split.
+
+Augmentation presets:
+
+* ``'resized-crop'`` (ImageNet default, the published later recipe): a crop of 8%-100% of the
+  image area with aspect ratio 3/4-4/3, resized to ``image_size``; horizontal flip.
+* ``'crop'`` (the paper-era recipe): shorter side resized to ``image_size * 256 / 224``, random
+  ``image_size`` crop; horizontal flip.
+* CIFAR-10: zero-pad 4 pixels, random 32x32 crop, horizontal flip.
+* Evaluation: shorter side resized to ``image_size * 256 / 224`` (256 for 224), center crop.
+
+Determinism: the Gluon pipelines seed Python's ``random`` for every image from
+``(seed, epoch, image index)`` before augmenting it and shuffle with a generator seeded from
+``(seed, epoch)``, so an epoch's batches do not depend on worker processes or on what ran before;
+this is what makes a resumed run identical to an unbroken one. ``mx.io.ImageRecordIter`` is
+re-created every epoch with seeds derived from ``(seed, epoch)``, which fixes its order, but its
+decoding threads make augmentation only reproducible with one thread.
+"""
+import dataclasses
+import math
+import os
+import random
+import struct
+
+import cv2
+import mxnet as mx
+import numpy as np
+from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
+from mxnet.gluon.data.vision import ImageFolderDataset
+
+__all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
+           "evaluation_split", "check_recordio", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",
+           "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS"]
+
+IMAGENET_MEAN = (123.68, 116.78, 103.94)
+IMAGENET_STD = (58.39, 57.12, 57.38)
+IMAGENET_TRAIN_IMAGES = 1281167
+# Of the 50,000 JPEG-decoded training images (see the dataset's README).
+CIFAR10_MEAN = (125.27, 122.93, 113.86)
+CIFAR10_STD = (62.53, 61.91, 66.46)
+# The CIFAR-10 hold-out depends on this constant only, not on the training seed, so that runs
+# with different seeds are validated on the same images.
+CIFAR10_SPLIT_SEED = 0
+
+AUGMENTATIONS = ("resized-crop", "crop")
+LOADERS = ("record-iter", "gluon")
+
+
+class DataError(ValueError):
+    """Missing, misplaced or corrupt data; the message names the path and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a network input at evaluation time (stored beside exported models).
+
+    Attributes:
+        image_size: side of the square input.
+        mean, std: per-channel (R, G, B) statistics on the 0..255 scale.
+        resize: shorter side the image is resized to before the center crop; 0 keeps its size.
+    """
+    image_size: int
+    mean: tuple
+    std: tuple
+    resize: int = 0
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), int(d.get("resize", 0)))
+
+
+def eval_resize(image_size):
+    """The shorter side before the evaluation center crop: 256 for 224 (the published ratio)."""
+    return int(round(image_size * 256 / 224))
+
+
+class Split:
+    """One split of a dataset.
+
+    Attributes:
+        name: 'train', 'val' or 'test'.
+        num_images: images per epoch.
+        batch_size: images per batch (the last batch of an evaluation split may be smaller).
+        description: where the images come from, for logs and model metadata.
+    """
+
+    def __init__(self, name, num_images, batch_size, drop_last, description):
+        self.name = name
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.description = description
+
+    def __len__(self):
+        """Batches per epoch."""
+        if self.drop_last:
+            return self.num_images // self.batch_size
+        return -(-self.num_images // self.batch_size)
+
+    def batches(self, epoch):
+        """Yields (data, label) for epoch ``epoch`` (0-based)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """The splits of a dataset and what a model trained on it needs to know."""
+    train: Split
+    val: Split
+    test: Split
+    classes: int
+    preprocessing: Preprocessing
+    info: dict
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _require_dir(path, what):
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: no such directory (expected {what})")
+
+
+def check_recordio(rec_path, idx_path=None):
+    """Checks a RecordIO pair before training starts; returns its number of records.
+
+    The index must be text lines ``key<TAB>offset`` with offsets inside the .rec file, and the
+    first record must hold a decodable image. Raises :class:`DataError` naming the file otherwise.
+    """
+    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+    missing = [p for p in (rec_path, idx_path) if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{' and '.join(missing)}: not found (expected a RecordIO pair "
+                        f"{os.path.basename(rec_path)} + {os.path.basename(idx_path)} in "
+                        f"{os.path.dirname(os.path.abspath(rec_path))})")
+    size = os.path.getsize(rec_path)
+    count = 0
+    with open(idx_path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            try:
+                if len(fields) != 2:
+                    raise ValueError
+                int(fields[0])
+                offset = int(fields[1])
+            except ValueError:
+                raise DataError(f"{idx_path}: line {number} is not 'key<TAB>offset': {line.strip()[:80]!r}") from None
+            if not 0 <= offset < size:
+                raise DataError(f"{idx_path}: line {number} points to byte {offset}, outside {rec_path} "
+                                f"({size} bytes): the index does not belong to this .rec file")
+            count += 1
+    if not count:
+        raise DataError(f"{idx_path}: the index lists no records")
+    _RecordImages(rec_path, idx_path)[0]
+    return count
+
+
+def _decode_error(err):
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+class _RecordImages(Dataset):
+    """Images of a RecordIO file as (HWC uint8 RGB array, label); errors name the file and record."""
+
+    def __init__(self, rec_path, idx_path=None):
+        self.path = rec_path
+        idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+        try:
+            self._reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
+        except (ValueError, IndexError) as err:
+            raise DataError(f"{idx_path}: malformed RecordIO index ({err})") from None
+        except mx.MXNetError as err:
+            raise DataError(f"{rec_path}: cannot open as RecordIO ({_decode_error(err)})") from None
+
+    def __len__(self):
+        return len(self._reader.keys)
+
+    def __getitem__(self, index):
+        key = self._reader.keys[index]
+        try:
+            header, image = mx.recordio.unpack_img(self._reader.read_idx(key), cv2.IMREAD_COLOR)
+        except (mx.MXNetError, struct.error, cv2.error) as err:
+            image, reason = None, _decode_error(err)
+        else:
+            reason = "the payload is not a decodable image"
+        if image is None:
+            raise DataError(f"{self.path}: record {index} (key {key}) is corrupt or not an image ({reason})")
+        label = header.label if np.isscalar(header.label) else header.label[0]
+        return image[:, :, ::-1], label
+
+
+class _FolderImages(Dataset):
+    """Images of ``root/<class>/*`` (classes: sorted sub-folder names) as (HWC uint8 RGB array, label)."""
+
+    def __init__(self, root):
+        _require_dir(root, "one sub-folder of images per class")
+        listing = ImageFolderDataset(root)
+        self.root = root
+        self.synsets = listing.synsets
+        self._items = listing.items
+        if not self._items:
+            raise DataError(f"{root}: no images found (expected {root}/<class>/<image>.jpg, "
+                            "one sub-folder per class)")
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, index):
+        path, label = self._items[index]
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise DataError(f"{path}: not a readable image")
+        return image[:, :, ::-1], label
+
+
+# ----------------------------------------------------------------------------- augmentation
+# On HWC uint8 numpy arrays with OpenCV: mx.image's NDArray functions cost 0.1-0.3 ms per call
+# in engine overhead, more than decoding and cropping a CIFAR image takes. Randomness comes from
+# Python's ``random``, which _Augmented seeds per image.
+
+def _flip(image):
+    return image[:, ::-1] if random.random() < 0.5 else image
+
+
+def _resize(image, width, height):
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _resize_short(image, side):
+    h, w = image.shape[:2]
+    scale = side / min(h, w)
+    return _resize(image, max(side, int(round(w * scale))), max(side, int(round(h * scale))))
+
+
+def _crop(image, top, left, size):
+    return image[top:top + size, left:left + size]
+
+
+def _random_crop(image, size):
+    h, w = image.shape[:2]
+    return _crop(image, random.randint(0, h - size), random.randint(0, w - size), size)
+
+
+def _center_crop(image, size):
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        raise DataError(f"an image of {h}x{w} pixels is smaller than the {size}x{size} input")
+    return _crop(image, (h - size) // 2, (w - size) // 2, size)
+
+
+def _resized_crop(size, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
+    """Inception-style crop: a box of random area fraction and log-uniform aspect ratio, resized."""
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+
+    def augment(image):
+        h, w = image.shape[:2]
+        for _ in range(10):
+            box_area = random.uniform(*area) * h * w
+            ratio = math.exp(random.uniform(*log_aspect))
+            bw, bh = int(round(math.sqrt(box_area * ratio))), int(round(math.sqrt(box_area / ratio)))
+            if 0 < bw <= w and 0 < bh <= h:
+                top, left = random.randint(0, h - bh), random.randint(0, w - bw)
+                return _flip(_resize(image[top:top + bh, left:left + bw], size, size))
+        # No box fitted (extreme aspect ratio): the whole image, squeezed.
+        return _flip(_resize(image, size, size))
+    return augment
+
+
+def _resize_then_crop(size):
+    def augment(image):
+        return _flip(_random_crop(_resize_short(image, eval_resize(size)), size))
+    return augment
+
+
+def _pad_crop(size, pad):
+    def augment(image):
+        padded = cv2.copyMakeBorder(np.ascontiguousarray(image), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        return _flip(_random_crop(padded, size))
+    return augment
+
+
+def _center(size, resize):
+    def transform(image):
+        return _center_crop(_resize_short(image, resize) if resize else image, size)
+    return transform
+
+
+class _Augmented(Dataset):
+    """Item ``epoch * n + i`` is image i of the base dataset, augmented with Python's ``random``
+    seeded from (seed, epoch, i): the result does not depend on which process makes it."""
+
+    def __init__(self, base, transform, seed):
+        self._base = base
+        self._transform = transform
+        self._seed = seed
+
+    def __len__(self):
+        return len(self._base)
+
+    def __getitem__(self, key):
+        epoch, index = divmod(key, len(self._base))
+        image, label = self._base[index]
+        random.seed((self._seed << 64) | (epoch << 32) | index)
+        return np.ascontiguousarray(self._transform(image)), np.float32(label)
+
+
+class _EpochSampler(Sampler):
+    """Keys of :class:`_Augmented` for one epoch, shuffled by a generator seeded from (seed, epoch)."""
+
+    def __init__(self, indices, size, shuffle, seed):
+        self._indices = np.asarray(indices, dtype=np.int64)
+        self._size = size
+        self._shuffle = shuffle
+        self._seed = seed
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self._indices)
+
+    def __iter__(self):
+        order = self._indices
+        if self._shuffle:
+            order = np.random.RandomState([self._seed, self.epoch]).permutation(order)
+        return iter((order + self.epoch * self._size).tolist())
+
+
+def _to_input(images, preprocessing):
+    """(N, H, W, 3) uint8 NDArray -> normalized (N, 3, H, W) float32."""
+    data = mx.nd.image.to_tensor(images)
+    return mx.nd.image.normalize(data, mean=tuple(m / 255 for m in preprocessing.mean),
+                                 std=tuple(s / 255 for s in preprocessing.std))
+
+
+class _GluonSplit(Split):
+    """A split read by a Gluon DataLoader with per-image seeded augmentation."""
+
+    def __init__(self, name, base, indices, transform, preprocessing, batch_size, shuffle, seed, num_workers,
+                 description):
+        indices = np.arange(len(base)) if indices is None else np.asarray(indices)
+        train = name == "train"
+        super().__init__(name, len(indices), batch_size, drop_last=train, description=description)
+        if train and len(indices) < batch_size:
+            raise DataError(f"{description}: the training split has {len(indices)} images, fewer than "
+                            f"one batch of {batch_size}")
+        self._preprocessing = preprocessing
+        self._sampler = _EpochSampler(indices, len(base), shuffle, seed)
+        self._loader = DataLoader(_Augmented(base, transform, seed),
+                                  batch_sampler=BatchSampler(self._sampler, batch_size,
+                                                             "discard" if train else "keep"),
+                                  num_workers=num_workers)
+
+    def batches(self, epoch):
+        self._sampler.epoch = epoch
+        for images, labels in self._loader:
+            yield _to_input(images, self._preprocessing), labels.astype("float32")
+
+
+class _RecordIterSplit(Split):
+    """A split read by ``mx.io.ImageRecordIter``, re-created every epoch with (seed, epoch) seeds."""
+
+    def __init__(self, name, rec_path, idx_path, num_images, batch_size, options, seed, description):
+        super().__init__(name, num_images, batch_size, drop_last=False, description=description)
+        self._rec = rec_path
+        self._options = dict(path_imgrec=rec_path, path_imgidx=idx_path, batch_size=batch_size,
+                             round_batch=name == "train", verbose=False, **options)
+        self._seed = seed
+
+    def batches(self, epoch):
+        seed = int(np.random.RandomState([self._seed, epoch]).randint(2 ** 31))
+        remaining = self.num_images
+        try:
+            it = mx.io.ImageRecordIter(seed=seed, seed_aug=seed, **self._options)
+            for batch in it:
+                # Copies: the iterator refills these buffers for later batches. Training batches
+                # stay full (the last one wraps around to the first images); without round_batch
+                # the last validation batch ends in stale rows and reports no padding, so the
+                # record count decides what is real.
+                n = batch.data[0].shape[0] if self.name == "train" else min(batch.data[0].shape[0], remaining)
+                remaining -= n
+                yield batch.data[0][:n].copy(), batch.label[0][:n].copy()
+        except mx.MXNetError as err:
+            raise DataError(f"{self._rec}: mx.io.ImageRecordIter failed ({_decode_error(err)}); a record is "
+                            "corrupt or not an image (loader 'gluon' names the record)") from None
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def _imagenet_layout(data_dir):
+    _require_dir(data_dir, "ImageNet as train.rec/train.idx/val.rec/val.idx or train/ and val/ image folders")
+    if os.path.exists(os.path.join(data_dir, "train.rec")):
+        return "recordio"
+    if os.path.isdir(os.path.join(data_dir, "train")):
+        return "folder"
+    raise DataError(f"{data_dir}: expected train.rec and train.idx (RecordIO), or train/<class>/*.jpg "
+                    "image folders, in this directory")
+
+
+def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loader="record-iter", classes=1000,
+             seed=0, num_workers=4):
+    """ImageNet (or any dataset in the same layout) for training.
+
+    Args:
+        data_dir: directory with ``train.rec``/``train.idx``/``val.rec``/``val.idx`` or with
+            ``train/`` and ``val/`` class folders.
+        batch_size: images per batch.
+        image_size: side of the network input (224 for the published results).
+        augment: ``'resized-crop'`` or ``'crop'`` (see the module docstring).
+        loader: for RecordIO, ``'record-iter'`` (``mx.io.ImageRecordIter``, fast) or ``'gluon'``
+            (reproducible to the bit, names corrupt records). Image folders always use Gluon.
+        classes: number of classes of a RecordIO dataset (image folders count their sub-folders).
+        seed: shuffling and augmentation seed.
+        num_workers: decoding threads (record-iter) or worker processes (gluon; 0 decodes in the
+            main process).
+
+    Returns:
+        :class:`DataBundle` with train and val splits.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}")
+    if loader not in LOADERS:
+        raise ValueError(f"unknown loader {loader!r}; choose one of {LOADERS}")
+    layout = _imagenet_layout(data_dir)
+    prep = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD, eval_resize(image_size))
+    train_tf = _resized_crop(image_size) if augment == "resized-crop" else _resize_then_crop(image_size)
+    val_tf = _center(image_size, prep.resize)
+    info = dict(dataset="imagenet", data_dir=os.path.abspath(data_dir), layout=layout, augment=augment)
+    if layout == "folder":
+        train_base = _FolderImages(os.path.join(data_dir, "train"))
+        val_base = _FolderImages(os.path.join(data_dir, "val"))
+        if val_base.synsets != train_base.synsets:
+            raise DataError(f"{data_dir}: train/ and val/ have different class folders "
+                            f"({len(train_base.synsets)} vs {len(val_base.synsets)})")
+        classes = len(train_base.synsets)
+        info.update(loader="gluon", synsets=train_base.synsets)
+        make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
+        train = _GluonSplit("train", train_base, None, train_tf, shuffle=True, description=train_base.root, **make)
+        val = _GluonSplit("val", val_base, None, val_tf, shuffle=False, description=val_base.root, **make)
+        return DataBundle(train, val, None, classes, prep, info)
+
+    paths = {s: (os.path.join(data_dir, f"{s}.rec"), os.path.join(data_dir, f"{s}.idx")) for s in ("train", "val")}
+    missing = [p for pair in paths.values() for p in pair if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{data_dir}: expected train.rec, train.idx, val.rec and val.idx in this directory; "
+                        f"missing {', '.join(os.path.basename(p) for p in missing)}")
+    counts = {s: check_recordio(*paths[s]) for s in paths}
+    info.update(loader=loader, classes=classes)
+    if loader == "gluon":
+        make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
+        train = _GluonSplit("train", _RecordImages(*paths["train"]), None, train_tf, shuffle=True,
+                            description=paths["train"][0], **make)
+        val = _GluonSplit("val", _RecordImages(*paths["val"]), None, val_tf, shuffle=False,
+                          description=paths["val"][0], **make)
+        return DataBundle(train, val, None, classes, prep, info)
+    norm = dict(mean_r=prep.mean[0], mean_g=prep.mean[1], mean_b=prep.mean[2],
+                std_r=prep.std[0], std_g=prep.std[1], std_b=prep.std[2],
+                data_shape=(3, image_size, image_size), preprocess_threads=max(1, num_workers))
+    if augment == "resized-crop":
+        train_aug = dict(random_resized_crop=True, min_random_area=0.08, max_random_area=1.0,
+                         min_aspect_ratio=3 / 4, max_aspect_ratio=4 / 3)
+    else:
+        train_aug = dict(resize=prep.resize, rand_crop=True)
+    train = _RecordIterSplit("train", *paths["train"], counts["train"], batch_size,
+                             dict(shuffle=True, rand_mirror=True, **train_aug, **norm), seed, paths["train"][0])
+    val = _RecordIterSplit("val", *paths["val"], counts["val"], batch_size, dict(resize=prep.resize, **norm),
+                           seed, paths["val"][0])
+    return DataBundle(train, val, None, classes, prep, info)
+
+
+def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0):
+    """CIFAR-10 from RecordIO: train minus a fixed hold-out, the hold-out as val, test.rec if present.
+
+    Args:
+        data_dir: directory with ``train.rec``/``train.idx`` (and optionally ``test.rec``/``test.idx``).
+        batch_size: images per batch.
+        val_size: images held out of train.rec for validation (0: none). The hold-out is a random
+            subset drawn with a fixed seed (``CIFAR10_SPLIT_SEED``), the same for every run.
+        seed: shuffling and augmentation seed.
+        num_workers: worker processes (0 decodes in the main process: 32x32 JPEGs cost far less
+            than a training step).
+
+    Returns:
+        :class:`DataBundle` (``test`` is None without test.rec).
+    """
+    _require_dir(data_dir, "CIFAR-10 as train.rec and train.idx")
+    rec, idx = os.path.join(data_dir, "train.rec"), os.path.join(data_dir, "train.idx")
+    if not (os.path.isfile(rec) and os.path.isfile(idx)):
+        raise DataError(f"{data_dir}: expected train.rec and train.idx (CIFAR-10 RecordIO) in this directory")
+    total = check_recordio(rec, idx)
+    if not 0 <= val_size < total:
+        raise DataError(f"{rec}: cannot hold out {val_size} of its {total} images for validation")
+    prep = Preprocessing(32, CIFAR10_MEAN, CIFAR10_STD, 0)
+    base = _RecordImages(rec, idx)
+    val_idx = heldout_indices(total, val_size)
+    train_idx = np.setdiff1d(np.arange(total), val_idx)
+    make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
+    train = _GluonSplit("train", base, train_idx, _pad_crop(32, 4), shuffle=True, description=rec, **make)
+    val = None
+    if val_size:
+        val = _GluonSplit("val", base, val_idx, _center(32, 0), shuffle=False,
+                          description=f"{rec} (hold-out of {val_size})", **make)
+    test = None
+    test_rec, test_idx = os.path.join(data_dir, "test.rec"), os.path.join(data_dir, "test.idx")
+    if os.path.exists(test_rec):
+        check_recordio(test_rec, test_idx)
+        test = _GluonSplit("test", _RecordImages(test_rec, test_idx), None, _center(32, 0), shuffle=False,
+                           description=test_rec, **make)
+    info = dict(dataset="cifar10", data_dir=os.path.abspath(data_dir), layout="recordio", loader="gluon",
+                val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop")
+    return DataBundle(train, val, test, 10, prep, info)
+
+
+def heldout_indices(num_images, val_size, split_seed=CIFAR10_SPLIT_SEED):
+    """Record indices of the CIFAR-10 hold-out (what :func:`cifar10` validates on)."""
+    return np.sort(np.random.RandomState(split_seed).permutation(num_images)[:val_size])
+
+
+def evaluation_split(path, preprocessing, batch_size, indices=None, num_workers=0):
+    """A split for evaluation: a ``.rec`` file (``.idx`` beside it) or an image-folder directory.
+
+    Images get the evaluation transform of ``preprocessing`` (resize shorter side, center crop,
+    normalize). ``indices`` restricts a RecordIO file to those records.
+    """
+    if os.path.isdir(path):
+        base = _FolderImages(path)
+        if indices is not None:
+            raise ValueError("indices apply to RecordIO files only")
+    else:
+        if not path.endswith(".rec"):
+            raise DataError(f"{path}: expected a .rec file (with its .idx beside it) or an image-folder directory")
+        check_recordio(path)
+        base = _RecordImages(path)
+    return _GluonSplit("val", base, indices, _center(preprocessing.image_size, preprocessing.resize), preprocessing,
+                       batch_size, shuffle=False, seed=0, num_workers=num_workers, description=path)
+
+
+def synthetic_batch(batch_size, image_size, classes, seed=0):
+    """One random batch (normal data, uniform labels) for speed measurements; no files needed."""
+    rng = np.random.RandomState(seed)
+    data = rng.standard_normal((batch_size, 3, image_size, image_size)).astype(np.float32)
+    labels = rng.randint(0, classes, batch_size).astype(np.float32)
+    return mx.nd.array(data), mx.nd.array(labels)

@@ -1,0 +1,517 @@
+"""The training loop behind ``example/train_imagenet.py``: recipe, checkpoints, resume, metrics, export.
+
+A :class:`Recipe` holds what the published results vary (optimizer, learning-rate schedule,
+epochs, batch size, weight decay); :class:`Run` trains a Gluon net on a
+:class:`bmx.data.DataBundle` with it and keeps its output directory up to date:
+
+* ``checkpoint-EEEE.params`` / ``checkpoint-EEEE.states``: parameters and trainer states (optimizer
+  moments, update counts and the learning-rate scheduler) after epoch EEEE; only the newest is kept.
+* ``state.json``: which checkpoint is current, completed epochs, best validation top-1, seeds,
+  the run's configuration and every epoch's metrics. It is written after the files it points to,
+  and every file is written to a temporary name and renamed, so an interrupted run always leaves
+  a consistent checkpoint.
+* ``best.params``: the parameters of the epoch with the best validation top-1.
+* ``metrics.csv``, ``curves.png``, ``train.log``.
+* at the end, ``model-symbol.json`` + ``model-0000.params`` (:func:`bmx.export`, float32) and
+  ``model.json`` (model name and arguments, classes, preprocessing) for ``example/evaluate.py``.
+
+Resuming (``resume=True``) continues exactly where the last checkpoint left off: every epoch
+reseeds Python's, numpy's and MXNet's generators from ``(seed, epoch)`` and the Gluon data
+pipelines derive order and augmentation from the same pair, so "train 2 epochs, stop, resume for
+the 3rd" gives the parameters of "train 3 epochs".
+"""
+import csv
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+
+import matplotlib
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import models, optimizers  # noqa: F401  (optimizers registers 'radam')
+from ._atomic import atomic_path
+from .config import binary_layer_config
+from .data import synthetic_batch
+from .model_io import export
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+__all__ = ["Recipe", "Run", "ResumeError", "build_model", "initializer", "no_weight_decay", "evaluate",
+           "benchmark", "parse_ctx", "OPTIMIZERS", "LR_MODES", "INITIALIZATIONS", "METRIC_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("radam", "adam", "sgd")
+LR_MODES = ("cosine", "step")
+INITIALIZATIONS = ("he", "xavier")
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
+                  "images_per_s", "time_s")
+STATE_FILE = "state.json"
+
+
+class ResumeError(ValueError):
+    """The output directory cannot be resumed with these settings (or must not be overwritten)."""
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Optimizer, schedule and length of a training run.
+
+    The defaults are the later published recipe (RAdam with beta1 0.95, lr 0.002, cosine decay to
+    0 over 120 epochs, no weight decay); the paper-era recipe is ``optimizer='adam', lr=0.001,
+    lr_mode='step'`` with ``lr_steps`` and 40-60 epochs.
+
+    Attributes:
+        optimizer: ``'radam'`` (:class:`bmx.optimizers.RAdam`), ``'adam'`` or ``'sgd'`` (with momentum).
+        lr: base learning rate (for the total batch, which is ``batch_size`` x devices x workers).
+        lr_mode: ``'cosine'`` (from lr down to 0 at the end of the last epoch) or ``'step'``
+            (multiply by ``lr_factor`` at each epoch in ``lr_steps``).
+        lr_steps: epochs at which the step schedule decays.
+        lr_factor: the step schedule's factor.
+        warmup_epochs: linear warmup from 0 over this many epochs (fractions allowed), before the
+            schedule starts.
+        epochs: epochs to train.
+        batch_size: images per device per step.
+        wd: L2 weight decay. BatchNorm parameters and binary weights are never decayed
+            (:func:`no_weight_decay`), whatever this is.
+        beta1: first-moment decay of Adam/RAdam; None takes 0.95 for RAdam (the published recipe)
+            and 0.9 for Adam.
+        momentum: SGD momentum.
+        dtype: ``'float32'`` or ``'float16'`` (GPU only: the net is cast, the optimizer keeps float32
+            master weights with ``multi_precision``, and the exported model is cast back to float32).
+        seed: seed of initialization, data order and augmentation.
+    """
+    optimizer: str = "radam"
+    lr: float = 0.002
+    lr_mode: str = "cosine"
+    lr_steps: tuple = ()
+    lr_factor: float = 0.1
+    warmup_epochs: float = 0.0
+    epochs: int = 120
+    batch_size: int = 64
+    wd: float = 0.0
+    beta1: float = None
+    momentum: float = 0.9
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.lr_steps = tuple(self.lr_steps)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.lr_mode not in LR_MODES:
+            raise ValueError(f"unknown lr mode {self.lr_mode!r}; choose one of {LR_MODES}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch size must be positive, got {self.epochs} and {self.batch_size}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.lr_mode == "step":
+            if not self.lr_steps:
+                raise ValueError("the step schedule needs lr_steps (epochs at which to decay)")
+            if list(self.lr_steps) != sorted(set(self.lr_steps)) or not 0 < self.lr_steps[0]:
+                raise ValueError(f"lr_steps must be increasing positive epochs, got {self.lr_steps}")
+
+    def lr_scheduler(self, steps_per_epoch):
+        """The MXNet scheduler of this recipe, counting optimizer updates (steps)."""
+        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        if self.lr_mode == "cosine":
+            return mx.lr_scheduler.CosineScheduler(max_update=self.epochs * steps_per_epoch, base_lr=self.lr,
+                                                   final_lr=0.0, warmup_steps=warmup)
+        steps = [max(int(round(e * steps_per_epoch)), 1) for e in self.lr_steps]
+        return mx.lr_scheduler.MultiFactorScheduler(step=steps, factor=self.lr_factor, base_lr=self.lr,
+                                                    warmup_steps=warmup)
+
+    def optimizer_params(self, steps_per_epoch):
+        """Keyword arguments for ``mx.gluon.Trainer``'s optimizer."""
+        params = dict(learning_rate=self.lr, wd=self.wd, lr_scheduler=self.lr_scheduler(steps_per_epoch),
+                      multi_precision=self.dtype == "float16")
+        if self.optimizer in ("radam", "adam"):
+            params["beta1"] = self.beta1 if self.beta1 is not None else (0.95 if self.optimizer == "radam" else 0.9)
+        else:
+            params["momentum"] = self.momentum
+        return params
+
+
+def parse_ctx(spec):
+    """``'cpu'``, ``'gpu'`` (= gpu:0) or ``'gpu:0,1,...'`` -> list of MXNet contexts."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return [mx.cpu()]
+    kind, _, ids = spec.partition(":")
+    if kind != "gpu":
+        raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}")
+    try:
+        return [mx.gpu(int(i)) for i in (ids or "0").split(",")]
+    except ValueError:
+        raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}") from None
+
+
+def build_model(name, classes, binary=True, clip_threshold=None, layer_config=None, **knobs):
+    """A zoo model (``bmx.models.get_model``) built inside ``bmx.binary_layer_config(**layer_config)``.
+
+    ``knobs`` (``stem``, ``growth_rate``, ``layers``, ...) go to ``get_model`` unchanged.
+    """
+    with binary_layer_config(**(layer_config or {})):
+        return models.get_model(name, classes=classes, binary=binary, clip_threshold=clip_threshold, **knobs)
+
+
+def initializer(kind):
+    """``'he'``: Gaussian, fan-in, magnitude 2 (the published recipe); ``'xavier'``: MXNet's default
+    Xavier (uniform, average fan, magnitude 3). BatchNorm gamma/beta start at 1/0 with either."""
+    if kind == "he":
+        return mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+    if kind == "xavier":
+        return mx.init.Xavier()
+    raise ValueError(f"unknown initialization {kind!r}; choose one of {INITIALIZATIONS}")
+
+
+def no_weight_decay(net):
+    """Sets wd_mult = 0 on every BatchNorm gamma and beta; returns the names of all parameters that
+    are not decayed (those and the binary weights, which bmx.nn layers create with wd_mult = 0)."""
+    def visit(block):
+        if isinstance(block, nn.BatchNorm):
+            block.gamma.wd_mult = 0.0
+            block.beta.wd_mult = 0.0
+    net.apply(visit)
+    return sorted(name for name, p in net.collect_params().items() if p.wd_mult == 0 and p.grad_req != "null")
+
+
+def _flatten(config, prefix=""):
+    """{'recipe': {'lr': 0.1}} -> {'recipe.lr': 0.1}, so that a changed setting is named precisely."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _derived_seed(seed, *keys):
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] >> 1)
+
+
+def _seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    mx.random.seed(seed)
+
+
+class _Step:
+    """Forward, backward and update of one batch, split over the devices."""
+
+    def __init__(self, net, trainer, ctx, dtype):
+        self.net, self.trainer, self.ctx, self.dtype = net, trainer, ctx, dtype
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def __call__(self, data, label):
+        xs = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+        ys = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        with autograd.record():
+            outputs = [self.net(x.astype(self.dtype, copy=False)).astype("float32", copy=False) for x in xs]
+            losses = [self.loss_fn(out, y) for out, y in zip(outputs, ys)]
+        autograd.backward(losses)
+        self.trainer.step(data.shape[0])
+        return ys, outputs, losses
+
+
+class _Scores:
+    """Running loss, top-1 and top-k (k = 5, or the number of classes if fewer)."""
+
+    def __init__(self, classes):
+        self.loss = mx.metric.Loss()
+        self.top1 = mx.metric.Accuracy()
+        k = min(5, classes)
+        self.topk = mx.metric.TopKAccuracy(top_k=k) if k > 1 else None
+
+    def update(self, labels, outputs, losses):
+        self.loss.update(None, losses)
+        self.top1.update(labels, outputs)
+        if self.topk is not None:
+            self.topk.update(labels, outputs)
+
+    def get(self):
+        top1 = self.top1.get()[1]
+        return {"loss": self.loss.get()[1], "top1": top1, "top5": self.topk.get()[1] if self.topk else top1,
+                "images": self.top1.num_inst}
+
+
+def evaluate(net, split, classes, ctx=None, dtype="float32", progress=False):
+    """Loss, top-1 and top-5 of ``net`` on a :class:`bmx.data.Split`; returns a dict (also ``images``)."""
+    ctx = ctx or [mx.cpu()]
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    scores = _Scores(classes)
+    for data, label in tqdm(split.batches(0), total=len(split), desc=f"eval {split.name}", leave=False,
+                            disable=not progress, unit="batch"):
+        xs = gluon.utils.split_and_load(data, ctx, even_split=False)
+        ys = gluon.utils.split_and_load(label, ctx, even_split=False)
+        outputs = [net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
+        scores.update(ys, outputs, [loss_fn(o, y) for o, y in zip(outputs, ys)])
+    return scores.get()
+
+
+def _make_trainer(net, recipe, steps_per_epoch, kvstore):
+    kv = mx.kv.create(kvstore) if kvstore.startswith("dist") else kvstore
+    return gluon.Trainer(net.collect_params(), recipe.optimizer, recipe.optimizer_params(steps_per_epoch),
+                         kvstore=kv)
+
+
+def _prepare(net, recipe, ctx, init):
+    """Initializes (seeded), excludes BN from weight decay, casts and hybridizes ``net``."""
+    if recipe.dtype == "float16" and any(c.device_type == "cpu" for c in ctx):
+        raise ValueError("float16 training needs GPU contexts (--ctx gpu:...): MXNet 1.9 implements float16 "
+                         "convolution and fully-connected layers only with CUDA ('FP16 gemm on cpu not implemented')")
+    _seed_everything(_derived_seed(recipe.seed, 0))
+    net.initialize(initializer(init), ctx=ctx)
+    no_wd = no_weight_decay(net)
+    if recipe.dtype == "float16":
+        net.cast("float16")
+    net.hybridize(static_alloc=True, static_shape=True)
+    return no_wd
+
+
+def benchmark(net, recipe, image_size, classes, iters=20, warmup=2, ctx=None, kvstore="local", init="he",
+              progress=True):
+    """Training speed on synthetic data: ``warmup`` untimed steps, then ``iters`` timed ones.
+
+    A step is what :class:`Run` does per batch (forward, backward, optimizer update of
+    ``recipe.batch_size`` images per device), on one batch held in memory, so the data pipeline is
+    not measured. Returns a dict with ``images_per_s`` (over all devices) and ``step_s``.
+    """
+    ctx = ctx or [mx.cpu()]
+    _prepare(net, recipe, ctx, init)
+    total = recipe.batch_size * len(ctx)
+    # The schedule's length does not change the cost of a step.
+    step = _Step(net, _make_trainer(net, recipe, iters + warmup, kvstore), ctx, recipe.dtype)
+    data, label = synthetic_batch(total, image_size, classes, recipe.seed)
+    for _ in range(warmup):
+        step(data, label)
+    mx.nd.waitall()
+    start = time.perf_counter()
+    for _ in tqdm(range(iters), desc="benchmark", unit="step", leave=False, disable=not progress):
+        step(data, label)
+        mx.nd.waitall()
+    seconds = time.perf_counter() - start
+    return {"images_per_s": iters * total / seconds, "step_s": seconds / iters, "batch_size": total, "iters": iters}
+
+
+class Run:
+    """One training run writing to ``output_dir`` (see the module docstring for its files).
+
+    Args:
+        net: an uninitialized Gluon HybridBlock with all parameter shapes known
+            (every :mod:`bmx.models` model).
+        data: :class:`bmx.data.DataBundle`.
+        recipe: :class:`Recipe`.
+        output_dir: where checkpoints, metrics, logs and the exported model go.
+        config: JSON-ready description of the run (model name and arguments, data options, ...);
+            saved in ``state.json`` and ``model.json``. A resumed run must pass the same config and
+            recipe: any difference is reported as a :class:`ResumeError`.
+        ctx: list of contexts (default CPU).
+        kvstore: ``'local'``, ``'device'`` or a ``'dist_*'`` kvstore name (see ``mx.kv.create``).
+        resume: continue from ``output_dir/state.json``. Without it, an ``output_dir`` that already
+            holds a run is refused rather than overwritten.
+        init: ``'he'`` or ``'xavier'`` (:func:`initializer`).
+        progress: show tqdm progress bars.
+    """
+
+    def __init__(self, net, data, recipe, output_dir, config=None, ctx=None, kvstore="local", resume=False,
+                 init="he", progress=True):
+        self.net, self.data, self.recipe = net, data, recipe
+        self.out = output_dir
+        self.config = dict(config or {}, recipe=dataclasses.asdict(recipe), init=init)
+        self.ctx = ctx or [mx.cpu()]
+        self.kvstore = kvstore
+        self.progress = progress
+        self.state_path = os.path.join(output_dir, STATE_FILE)
+        saved = self._read_state() if resume else None
+        if not resume and os.path.exists(self.state_path):
+            raise ResumeError(f"{output_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) to "
+                              "continue it, or choose another output directory")
+        no_wd = _prepare(net, recipe, self.ctx, init)
+        self.trainer = _make_trainer(net, recipe, len(data.train), kvstore)
+        self.step = _Step(net, self.trainer, self.ctx, recipe.dtype)
+        os.makedirs(output_dir, exist_ok=True)
+        self._handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(self._handler)
+        log.setLevel(logging.INFO)
+        self.history, self.best, self.epoch = [], None, 0
+        if saved:
+            self._restore(saved)
+        else:
+            log.info("run: %s", json.dumps(self.config, sort_keys=True))
+            log.info("data: train %d images (%s), val %s; %d classes", data.train.num_images,
+                     data.train.description, data.val.num_images if data.val else "none", data.classes)
+            log.info("no weight decay on %d parameters (BatchNorm, binary weights)", len(no_wd))
+
+    # ------------------------------------------------------------------ state
+
+    def _read_state(self):
+        try:
+            with open(self.state_path) as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            raise ResumeError(f"{self.state_path}: not found, nothing to resume in {self.out}") from None
+        except ValueError as err:
+            raise ResumeError(f"{self.state_path}: not a valid run state ({err})") from None
+        before, now = _flatten(saved.get("config", {})), _flatten(json.loads(json.dumps(self.config)))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ResumeError(f"cannot resume {self.out} with different settings ({detail}); "
+                              "resume with the run's original settings")
+        return saved
+
+    def _restore(self, saved):
+        self.epoch, self.history, self.best = saved["epoch"], saved["history"], saved.get("best")
+        if saved.get("params"):
+            self.net.load_parameters(os.path.join(self.out, saved["params"]), ctx=self.ctx)
+            self.trainer.load_states(os.path.join(self.out, saved["states"]))
+        log.info("resumed %s after epoch %d of %d", self.out, self.epoch, self.recipe.epochs)
+
+    def _write_state(self, extra=None):
+        state = dict(epoch=self.epoch, params=self._files(self.epoch)[0] if self.epoch else None,
+                     states=self._files(self.epoch)[1] if self.epoch else None, best=self.best,
+                     seed=self.recipe.seed, epoch_seeds=[_derived_seed(self.recipe.seed, 1, e)
+                                                         for e in range(self.epoch)],
+                     config=self.config, history=self.history)
+        if extra:
+            state.update(extra)
+        with atomic_path(self.state_path) as tmp, open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        return state
+
+    @staticmethod
+    def _files(epoch):
+        return f"checkpoint-{epoch:04d}.params", f"checkpoint-{epoch:04d}.states"
+
+    def _checkpoint(self, improved):
+        params, states = (os.path.join(self.out, f) for f in self._files(self.epoch))
+        with atomic_path(params) as tmp:
+            self.net.save_parameters(tmp)
+        with atomic_path(states) as tmp:
+            self.trainer.save_states(tmp)
+        if improved:
+            with atomic_path(os.path.join(self.out, "best.params")) as tmp:
+                self.net.save_parameters(tmp)
+        self._write_state()
+        for old in self._files(self.epoch - 1):
+            if os.path.exists(os.path.join(self.out, old)):
+                os.remove(os.path.join(self.out, old))
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self):
+        """Trains the remaining epochs, then evaluates the test split (if any) and exports the model.
+
+        Returns the final ``state.json`` content as a dict.
+        """
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            try:
+                while self.epoch < self.recipe.epochs:
+                    self._train_epoch()
+                return self._finish()
+            finally:
+                log.removeHandler(self._handler)
+                self._handler.close()
+
+    def _train_epoch(self):
+        epoch = self.epoch
+        _seed_everything(_derived_seed(self.recipe.seed, 1, epoch))
+        split = self.data.train
+        scores = _Scores(self.data.classes)
+        start = time.perf_counter()
+        bar = tqdm(split.batches(epoch), total=len(split), desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
+                   unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
+        for data, label in bar:
+            scores.update(*self.step(data, label))
+            if bar.n % 10 == 0:
+                current = scores.get()
+                bar.set_postfix(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")
+        train_time = time.perf_counter() - start
+        train = scores.get()
+        val = evaluate(self.net, self.data.val, self.data.classes, self.ctx, self.recipe.dtype,
+                       self.progress) if self.data.val else {}
+        self.epoch = epoch + 1
+        row = dict(epoch=self.epoch, lr=self.trainer.learning_rate, train_loss=train["loss"],
+                   train_top1=train["top1"], train_top5=train["top5"], val_loss=val.get("loss"),
+                   val_top1=val.get("top1"), val_top5=val.get("top5"),
+                   images_per_s=train["images"] / train_time, time_s=time.perf_counter() - start)
+        self.history.append(row)
+        improved = bool(val) and (self.best is None or val["top1"] > self.best["top1"])
+        if improved:
+            self.best = dict(epoch=self.epoch, top1=val["top1"], top5=val["top5"])
+        self._checkpoint(improved)
+        self._write_metrics()
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.4f top-5 %.4f  val %s  %.1f img/s  %.0f s",
+                 self.epoch, self.recipe.epochs, row["lr"], row["train_loss"], row["train_top1"], row["train_top5"],
+                 f"loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}" if val else "-",
+                 row["images_per_s"], row["time_s"])
+
+    def _write_metrics(self):
+        with atomic_path(os.path.join(self.out, "metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_COLUMNS)
+            writer.writeheader()
+            for row in self.history:
+                writer.writerow({k: "" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
+                                                               else row[k]) for k in METRIC_COLUMNS})
+        _plot_curves(self.history, os.path.join(self.out, "curves.png"))
+
+    def _finish(self):
+        extra = {}
+        if self.data.test is not None:
+            extra["test"] = evaluate(self.net, self.data.test, self.data.classes, self.ctx, self.recipe.dtype,
+                                     self.progress)
+            log.info("test: top-1 %.4f top-5 %.4f (%d images)", extra["test"]["top1"], extra["test"]["top5"],
+                     extra["test"]["images"])
+        if self.recipe.dtype == "float16":
+            self.net.cast("float32")
+        size = self.data.preprocessing.image_size
+        export(self.net, os.path.join(self.out, "model"), input_shape=(1, 3, size, size))
+        final = self.history[-1] if self.history else {}
+        meta = dict(config=self.config, classes=self.data.classes, preprocessing=self.data.preprocessing.to_dict(),
+                    data=self.data.info, epochs=self.epoch, final=final, best=self.best, **extra)
+        with atomic_path(os.path.join(self.out, "model.json")) as tmp, open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+        log.info("exported %s (model-symbol.json, model-0000.params, model.json)", self.out)
+        return self._write_state(dict(extra, finished=True))
+
+
+def _plot_curves(history, path):
+    """Loss, top-1/top-5 and learning rate per epoch, as a PNG."""
+    epochs = [r["epoch"] for r in history]
+
+    def series(key):
+        return [np.nan if r[key] is None else r[key] for r in history]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, series("train_loss"), "o-", label="train")
+    axes[0].plot(epochs, series("val_loss"), "o-", label="val")
+    axes[0].set_title("loss")
+    for key, style in (("top1", "o-"), ("top5", "s--")):
+        axes[1].plot(epochs, series(f"train_{key}"), style, color="C0", label=f"train {key}")
+        axes[1].plot(epochs, series(f"val_{key}"), style, color="C1", label=f"val {key}")
+    axes[1].set_title("accuracy")
+    axes[2].plot(epochs, series("lr"), "o-", color="C2")
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Top-1/top-5 of a model exported by train_imagenet.py, printed as one JSON object.
+
+    python example/evaluate.py --model-dir runs/bdn28 --data ~/imagenet/val.rec
+    python example/evaluate.py --model-dir runs/bdn28 --data ~/imagenet/val          # image folders
+    python example/evaluate.py --model-dir runs/c10 --data DIR/train.rec --holdout   # CIFAR-10 hold-out
+
+The model is OUT/model-symbol.json + OUT/model-0000.params (loaded with bmx.imports); OUT/model.json
+gives its preprocessing (input size, resize, mean/std), which is applied to every image: shorter
+side resized, center crop, normalization.
+"""
+import argparse
+import json
+import os
+import sys
+
+import mxnet as mx
+
+import bmx
+from bmx import data as bdata
+from bmx import training
+
+
+def load_model_dir(model_dir, ctx):
+    """(net, metadata) of a train_imagenet.py output directory."""
+    meta_path = os.path.join(model_dir, "model.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise bmx.ModelFileError(f"{meta_path}: not found (expected the output directory of a finished "
+                                 "example/train_imagenet.py run: model-symbol.json, model-0000.params, "
+                                 "model.json)") from None
+    except ValueError as err:
+        raise bmx.ModelFileError(f"{meta_path}: not valid JSON ({err})") from None
+    net = bmx.imports(os.path.join(model_dir, "model-symbol.json"), os.path.join(model_dir, "model-0000.params"),
+                      ctx=ctx)
+    net.hybridize(static_alloc=True)
+    return net, meta
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="output directory of train_imagenet.py")
+    p.add_argument("--data", required=True, help="a .rec file (its .idx beside it) or a directory of class folders")
+    p.add_argument("--holdout", action="store_true",
+                   help="evaluate only the records the run held out for validation (CIFAR-10 train.rec)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ctx", default="cpu", help="cpu or gpu:0,1,...")
+    p.add_argument("--num-workers", type=int, default=0, help="decoding processes (0: in this process)")
+    args = p.parse_args(argv)
+    try:
+        ctx = training.parse_ctx(args.ctx)
+        net, meta = load_model_dir(args.model_dir, ctx)
+        indices = None
+        if args.holdout:
+            val_size = meta["data"].get("val_size")
+            if not val_size:
+                raise ValueError(f"{args.model_dir} was not trained with a hold-out (no val_size in model.json)")
+            total = bdata.check_recordio(args.data)
+            indices = bdata.heldout_indices(total, val_size, meta["data"]["split_seed"])
+        prep = bdata.Preprocessing.from_dict(meta["preprocessing"])
+        split = bdata.evaluation_split(args.data, prep, args.batch_size, indices=indices, num_workers=args.num_workers)
+        scores = training.evaluate(net, split, meta["classes"], ctx)
+    except (ValueError, mx.MXNetError) as err:  # DataError and ModelFileError are ValueErrors
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(dict(top1=scores["top1"], top5=scores["top5"], loss=scores["loss"], images=scores["images"],
+                          model_dir=args.model_dir, data=args.data, holdout=args.holdout)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

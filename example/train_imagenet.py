@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Train a bmx zoo model on ImageNet or CIFAR-10, or measure its training speed.
+
+    python example/train_imagenet.py                      # = --benchmark: speed on synthetic data
+    python example/train_imagenet.py --model binary_densenet28 --data-dir ~/imagenet --output-dir runs/bdn28
+    python example/train_imagenet.py --dataset cifar10 --data-dir DIR --model binary_densenet28 \\
+        --output-dir runs/c10 --epochs 100                # stem 'cifar' by default for CIFAR-10
+    python example/train_imagenet.py ... --output-dir runs/bdn28 --resume   # same command + --resume
+
+Defaults are the later published recipe: RAdam (beta1 0.95), lr 0.002, cosine decay to 0 over
+120 epochs, no weight decay, t_clip 1.3, He initialization (Gaussian, fan-in, magnitude 2),
+random-resized-crop + flip. The paper-era recipe is --optimizer adam --lr 0.001 --lr-mode step
+--lr-steps 30,38 --epochs 40 --clip-threshold 1.0 --augment crop. docs/reproduce.md lists the
+command of every published result.
+
+--output-dir receives a checkpoint every epoch, best.params, metrics.csv, curves.png, train.log and,
+at the end, the exported model (model-symbol.json, model-0000.params, model.json) that
+example/evaluate.py and tools/binarize_model.py read. --resume (with otherwise the same command)
+continues after the last completed epoch with the same schedule, optimizer state and data order;
+with the Gluon readers (image folders, CIFAR-10, --loader gluon) the result is bit-identical to an
+uninterrupted run.
+
+--kv-store says how the gradients of several devices are combined: local (summed on the CPU),
+device (summed on the GPUs; faster with several GPUs); with one device neither is used. The
+parameter-server kinds dist_sync, dist_device_sync (synchronous) and dist_async are handed to
+mx.kv.create; start the scheduler, server and worker processes with the DMLC_* variables set. Each
+worker then reads the whole dataset (sharding is not implemented yet).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import bmx
+from bmx import data as bdata
+from bmx import training
+
+# Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
+# CPU, where training runs at 1-3 images/s.
+BENCHMARK_BATCH = 4
+TRAIN_BATCH = 64
+
+KNOBS = {  # get_model keyword -> value type; passed to the model family unchanged
+    "growth_rate": int, "init_features": int, "layers": "ints", "reduction": "floats",
+    "transition_channels": "ints", "dilation": "ints", "channels": "ints", "downsample": str,
+}
+
+
+def _list(kind):
+    convert = int if kind == "ints" else float
+
+    def parse(text):
+        try:
+            return tuple(convert(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from None
+    return parse
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=("imagenet", "cifar10"), default="imagenet")
+    g.add_argument("--data-dir", help="imagenet: train.rec/train.idx/val.rec/val.idx or train/ and val/ "
+                   "class folders; cifar10: train.rec/train.idx (+ test.rec/test.idx if present). "
+                   "Without it the script runs --benchmark.")
+    g.add_argument("--benchmark", action="store_true",
+                   help="measure training speed on synthetic data (no files), print images/s and the projected "
+                   f"time of one epoch, and exit; default batch {BENCHMARK_BATCH}, so that the default model at "
+                   "224x224 finishes in about a minute on 2 CPU cores")
+    g.add_argument("--benchmark-iters", type=int, default=20, help="timed steps of --benchmark (default 20, "
+                   "after 2 untimed warm-up steps)")
+    g.add_argument("--image-size", type=int, help="input side (default 224; CIFAR-10 is always 32)")
+    g.add_argument("--augment", choices=bdata.AUGMENTATIONS, default="resized-crop",
+                   help="imagenet training augmentation: resized-crop (area 8-100%%, aspect 3/4-4/3, flip; "
+                   "later recipe) or crop (resize 256, random 224 crop, flip; paper recipe). "
+                   "CIFAR-10 always uses pad 4 + random crop + flip.")
+    g.add_argument("--loader", choices=bdata.LOADERS, default="record-iter",
+                   help="imagenet RecordIO reader: record-iter (mx.io.ImageRecordIter, fast) or gluon "
+                   "(bit-reproducible resume, names corrupt records). Image folders and CIFAR-10 use gluon.")
+    g.add_argument("--classes", type=int, help="classes of an imagenet RecordIO set (default 1000; image "
+                   "folders count their sub-folders, CIFAR-10 has 10)")
+    g.add_argument("--val-size", type=int, default=5000,
+                   help="cifar10: training images held out for validation with a fixed seed (default 5000)")
+    g.add_argument("--num-workers", type=int, help="decoding threads/processes (default: CPU count up to 8 "
+                   "for imagenet, 0 for cifar10)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="binary_densenet28",
+                   help=f"zoo model (default binary_densenet28): {', '.join(bmx.models.list_models())}")
+    g.add_argument("--stem", choices=bmx.models.common.STEMS,
+                   help="default: the model's ('imagenet'), 'cifar' for --dataset cifar10")
+    g.add_argument("--float", dest="binary", action="store_false",
+                   help="train the full-precision twin (ReLU and plain convs in place of sign and binary convs)")
+    g.add_argument("--clip-threshold", type=float, default=1.3,
+                   help="t_clip of the sign's straight-through estimator (1.3 later recipe, 1.0 paper)")
+    g.add_argument("--initialization", choices=training.INITIALIZATIONS, default="he",
+                   help="he: Gaussian, fan-in, magnitude 2 (published); xavier: uniform, average, magnitude 3")
+    g.add_argument("--activation", choices=("det_sign", "approx_sign"),
+                   help="binary activation (bmx.binary_layer_config; default det_sign)")
+    g.add_argument("--apply-scaling", action="store_true", help="scale binary conv outputs by mean |W|")
+    g.add_argument("--bits", type=int, help="weight bits (default 1)")
+    g.add_argument("--bits-a", type=int, help="activation bits (default 1)")
+    for name, kind in KNOBS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=_list(kind) if isinstance(kind, str) else kind,
+                       help=f"model knob {name} ({'comma-separated ' + kind if isinstance(kind, str) else 'value'})")
+
+    g = p.add_argument_group("recipe")
+    g.add_argument("--optimizer", choices=training.OPTIMIZERS, default="radam")
+    g.add_argument("--lr", type=float, default=0.002, help="base learning rate for the total batch (default 0.002)")
+    g.add_argument("--lr-mode", choices=training.LR_MODES, default="cosine")
+    g.add_argument("--lr-steps", type=_list("floats"), default=(), help="step mode: epochs to decay at, e.g. 30,38")
+    g.add_argument("--lr-factor", type=float, default=0.1, help="step mode: decay factor (default 0.1)")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup from 0 (default 0)")
+    g.add_argument("--epochs", type=int, default=120)
+    g.add_argument("--batch-size", type=int, help=f"images per device (default {TRAIN_BATCH}; "
+                   f"{BENCHMARK_BATCH} with --benchmark)")
+    g.add_argument("--wd", type=float, default=0.0, help="weight decay (never on BatchNorm or binary weights)")
+    g.add_argument("--beta1", type=float, help="Adam/RAdam beta1 (default 0.95 radam, 0.9 adam)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="float16 (GPU only) casts the net and keeps float32 master weights in the optimizer")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--ctx", default="cpu", help="cpu, or gpu:0,1,... (the batch is split over the GPUs)")
+    g.add_argument("--kv-store", default="local",
+                   help="gradient aggregation: local (on the CPU), device (on the GPUs), or dist_sync / "
+                   "dist_device_sync / dist_async (parameter server; start the processes with DMLC_* set)")
+    g.add_argument("--output-dir", help="checkpoints, metrics, log and the exported model (required to train)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output-dir (same settings)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    return p
+
+
+def model_kwargs(args):
+    kwargs = {name: getattr(args, name) for name in KNOBS if getattr(args, name) is not None}
+    stem = args.stem or ("cifar" if args.dataset == "cifar10" else None)
+    if stem:
+        kwargs["stem"] = stem
+    return kwargs
+
+
+def layer_config(args):
+    options = dict(activation=args.activation, bits=args.bits, bits_a=args.bits_a,
+                   apply_scaling=True if args.apply_scaling else None)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def run_benchmark(args, recipe, net, ctx):
+    size = args.image_size or (32 if args.dataset == "cifar10" else 224)
+    print(f"benchmark: {args.model} ({'binary' if args.binary else 'full-precision twin'}), {size}x{size}, "
+          f"batch {recipe.batch_size} x {len(ctx)} device(s), {recipe.optimizer}, {args.benchmark_iters} steps, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+    result = training.benchmark(net, recipe, size, args.classes or 1000, iters=args.benchmark_iters, ctx=ctx,
+                                kvstore=args.kv_store, init=args.initialization, progress=args.progress)
+    if args.dataset == "cifar10":
+        epoch_images, what = 50000 - args.val_size, "CIFAR-10 epoch"
+    else:
+        epoch_images = bdata.IMAGENET_TRAIN_IMAGES
+        what = "ImageNet epoch" + ("" if size == 224 else f" at {size}x{size}")
+    hours = epoch_images / result["images_per_s"] / 3600
+    result.update(model=args.model, binary=args.binary, image_size=size, dataset=args.dataset,
+                  epoch_images=epoch_images, epoch_h=hours)
+    print(f"{result['images_per_s']:.2f} images/s ({result['step_s']:.2f} s per step); one {what} "
+          f"({epoch_images:,} images) would take {hours:.2f} h")
+    print(json.dumps(result))
+
+
+def load_data(args, batch_size):
+    if args.dataset == "cifar10":
+        if args.image_size not in (None, 32):
+            raise bdata.DataError("CIFAR-10 images are 32x32; drop --image-size")
+        return bdata.cifar10(args.data_dir, batch_size, val_size=args.val_size, seed=args.seed,
+                             num_workers=args.num_workers or 0)
+    workers = args.num_workers if args.num_workers is not None else min(8, os.cpu_count() or 1)
+    return bdata.imagenet(args.data_dir, batch_size, image_size=args.image_size or 224, augment=args.augment,
+                          loader=args.loader, classes=args.classes or 1000, seed=args.seed, num_workers=workers)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    benchmark = args.benchmark or args.data_dir is None
+    if not benchmark and not args.output_dir:
+        parser.error("--output-dir is required to train (checkpoints, metrics and the exported model go there)")
+    try:
+        ctx = training.parse_ctx(args.ctx)
+        batch = args.batch_size or (BENCHMARK_BATCH if benchmark else TRAIN_BATCH)
+        recipe = training.Recipe(optimizer=args.optimizer, lr=args.lr, lr_mode=args.lr_mode, lr_steps=args.lr_steps,
+                                 lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
+                                 batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
+                                 dtype=args.dtype, seed=args.seed)
+        data = None if benchmark else load_data(args, batch)
+        classes = data.classes if data else (args.classes or (10 if args.dataset == "cifar10" else 1000))
+        kwargs = model_kwargs(args)
+        net = training.build_model(args.model, classes, binary=args.binary, clip_threshold=args.clip_threshold,
+                                   layer_config=layer_config(args), **kwargs)
+    except (ValueError, TypeError) as err:  # bmx.data.DataError is a ValueError
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if benchmark:
+        run_benchmark(args, recipe, net, ctx)
+        return 0
+    config = dict(model=args.model, model_kwargs=kwargs, binary=args.binary, clip_threshold=args.clip_threshold,
+                  layer_config=layer_config(args), dataset=args.dataset, image_size=data.preprocessing.image_size,
+                  augment=data.info["augment"], loader=data.info["loader"], classes=classes, val_size=args.val_size,
+                  devices=len(ctx), kv_store=args.kv_store)
+    try:
+        run = training.Run(net, data, recipe, args.output_dir, config=config, ctx=ctx, kvstore=args.kv_store,
+                           resume=args.resume, init=args.initialization, progress=args.progress)
+    except ValueError as err:  # ResumeError, or settings the run cannot use
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        state = run.fit()
+    except bdata.DataError as err:  # a corrupt record met during training
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after epoch {run.epoch}; continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    final = state["history"][-1] if state["history"] else {}
+    print(json.dumps({"output_dir": args.output_dir, "epochs": state["epoch"], "val_top1": final.get("val_top1"),
+                      "val_top5": final.get("val_top5"), "best": state["best"], "test": state.get("test")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
