@@ -249,9 +249,12 @@ def test_conv2d_fused_threshold_output(kernel):
         y = ref_conv(x, wt, (1, 1), (1, 1), (1, 1), groups, pad_value).transpose(0, 2, 3, 1)
         sgn = rng.integers(-1, 2, o).astype(np.int32)
         thr = rng.integers(-20, 21, o).astype(np.int32)
+        # int32 extremes, which the kernels' "y >= 1 - thr" rewriting must not overflow
+        thr[:6] = [-2 ** 31, 2 ** 31 - 1, -2 ** 31, 2 ** 31 - 1, -2 ** 31, 2 ** 31 - 1]
+        sgn[:6] = [-1, -1, 0, 0, 1, 1]
         got = xnor.conv2d(x, wt, padding=1, groups=groups, pad_value=pad_value, layout="NHWC",
                           threshold=(sgn, thr))
-        want = ref_pack(np.where(sgn * y >= thr, 1.0, -1.0))
+        want = ref_pack(np.where(sgn.astype(np.int64) * y >= thr, 1.0, -1.0))
         np.testing.assert_array_equal(got, want)
 
 

@@ -11,9 +11,13 @@
  *     n - 2 * popcount(a XOR b)
  * because padding bits are 0 in both operands and never contribute to the XOR.
  *
- * Kernels (xnor GEMM, binary convolution) come in three variants chosen at run
- * time, never at build time, so one binary runs on any x86-64: AVX-512 with
- * VPOPCNTDQ, AVX2, and portable C (the only one on other architectures).
+ * Kernels come in three variants chosen at run time, never at build time, so one
+ * binary runs on any x86-64: AVX-512 with VPOPCNTDQ, AVX2, and portable C (the
+ * only one on other architectures); all give identical results. Entry points:
+ * bmx_kernel_best / bmx_kernel_available, bmx_pack_rows / bmx_pack_nchw (sign +
+ * pack), bmx_xnor_pack_panels (weights), bmx_xnor_gemm, bmx_xnor_conv (binary
+ * convolution, optionally fused with BatchNorm + sign) and bmx_conv_tap_sums.
+ * They run on OpenMP threads when compiled with -fopenmp.
  */
 #ifndef BMX_BITOPS_H_
 #define BMX_BITOPS_H_
@@ -352,58 +356,77 @@ static inline BMX_AVX512_TARGET void bmx_mk_avx512(int mr, const uint64_t* const
  *     bit = (sgn[o] * y[o] >= thr[o]),   sgn[o] in {-1, 0, +1}
  * which expresses sign(BN(y)) for any BatchNorm (sgn = sign of the BN scale; a
  * zero scale makes the bit the constant 0 >= thr). Tail bits stay 0.
+ *
+ * The kernels use the equivalent bit = (y[o] >= lo[o]) XOR flip bit o, one
+ * compare per channel: -y >= t is "not y >= 1 - t", and a constant bit compares
+ * with INT32_MIN. That needs |y| < 2^31 - 1, which holds for k_bits < 2^31 - 1.
  */
-typedef void (*bmx_threshold_fn)(const int32_t* y, size_t n, const int32_t* sgn,
-                                 const int32_t* thr, uint64_t* out);
+static inline void bmx_threshold_prepare(size_t n, const int32_t* sgn, const int32_t* thr,
+                                         int32_t* lo, uint64_t* flip) {
+  memset(flip, 0, bmx_words_for_bits(n) * sizeof(uint64_t));
+  for (size_t o = 0; o < n; ++o) {
+    int64_t bound = sgn[o] > 0 ? thr[o] : sgn[o] < 0 ? 1 - (int64_t)thr[o] : INT32_MIN;
+    lo[o] = (int32_t)(bound > INT32_MAX ? INT32_MAX : bound);
+    if (sgn[o] < 0 || (sgn[o] == 0 && thr[o] > 0)) flip[o / 64] |= (uint64_t)1 << (o % 64);
+  }
+}
 
-static inline void bmx_threshold_pack_portable(const int32_t* y, size_t n, const int32_t* sgn,
-                                               const int32_t* thr, uint64_t* out) {
-  for (size_t w = 0; w < bmx_words_for_bits(n); ++w) {
-    size_t hi = 64 * w + 64 < n ? 64 * w + 64 : n;
-    uint64_t word = 0;
-    for (size_t o = 64 * w; o < hi; ++o)
-      word |= (uint64_t)(sgn[o] * y[o] >= thr[o]) << (o - 64 * w);
-    out[w] = word;
+typedef void (*bmx_threshold_fn)(const int32_t* y, size_t rows, size_t n, const int32_t* lo,
+                                 const uint64_t* flip, uint64_t* out, size_t ldo);
+
+/* Rows of n results (row stride n) -> rows of ceil(n/64) words (row stride ldo). */
+static inline void bmx_threshold_pack_portable(const int32_t* y, size_t rows, size_t n,
+                                               const int32_t* lo, const uint64_t* flip,
+                                               uint64_t* out, size_t ldo) {
+  for (size_t r = 0; r < rows; ++r, y += n, out += ldo) {
+    for (size_t w = 0; w < bmx_words_for_bits(n); ++w) {
+      size_t hi = 64 * w + 64 < n ? 64 * w + 64 : n;
+      uint64_t word = 0;
+      for (size_t o = 64 * w; o < hi; ++o) word |= (uint64_t)(y[o] >= lo[o]) << (o - 64 * w);
+      out[w] = word ^ flip[w];
+    }
   }
 }
 
 #ifdef BMX_X86
-static inline BMX_AVX2_TARGET void bmx_threshold_pack_avx2(const int32_t* y, size_t n,
-                                                           const int32_t* sgn, const int32_t* thr,
-                                                           uint64_t* out) {
-  size_t full = n / 64;
-  for (size_t w = 0; w < full; ++w) {
-    uint64_t word = 0;
-    for (int q = 0; q < 8; ++q) {
-      size_t o = 64 * w + 8 * q;
-      /* psignd multiplies by -1/0/+1; y >= t is "not (t > y)" */
-      __m256i v = _mm256_sign_epi32(_mm256_loadu_si256((const __m256i*)(y + o)),
-                                    _mm256_loadu_si256((const __m256i*)(sgn + o)));
-      __m256i below = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i*)(thr + o)), v);
-      word |= (uint64_t)(~_mm256_movemask_ps(_mm256_castsi256_ps(below)) & 0xff) << (8 * q);
+static inline BMX_AVX2_TARGET void bmx_threshold_pack_avx2(const int32_t* y, size_t rows, size_t n,
+                                                           const int32_t* lo, const uint64_t* flip,
+                                                           uint64_t* out, size_t ldo) {
+  const size_t full = n / 64;
+  for (size_t r = 0; r < rows; ++r, y += n, out += ldo) {
+    for (size_t w = 0; w < full; ++w) {
+      uint64_t below = 0;
+      for (int q = 0; q < 8; ++q) {
+        size_t o = 64 * w + 8 * q;
+        __m256i lt = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i*)(lo + o)),
+                                        _mm256_loadu_si256((const __m256i*)(y + o)));
+        below |= (uint64_t)_mm256_movemask_ps(_mm256_castsi256_ps(lt)) << (8 * q);
+      }
+      out[w] = ~below ^ flip[w];
     }
-    out[w] = word;
+    if (n > 64 * full)
+      bmx_threshold_pack_portable(y + 64 * full, 1, n - 64 * full, lo + 64 * full, flip + full,
+                                  out + full, 0);
   }
-  if (n > 64 * full)
-    bmx_threshold_pack_portable(y + 64 * full, n - 64 * full, sgn + 64 * full, thr + 64 * full,
-                                out + full);
 }
 
-static inline BMX_AVX512_TARGET void bmx_threshold_pack_avx512(const int32_t* y, size_t n,
-                                                               const int32_t* sgn,
-                                                               const int32_t* thr, uint64_t* out) {
-  for (size_t w = 0; 64 * w < n; ++w) {
-    uint64_t word = 0;
-    for (int q = 0; q < 4; ++q) {
-      size_t o = 64 * w + 16 * q;
-      size_t live = o >= n ? 0 : n - o >= 16 ? 16 : n - o;
-      __mmask16 keep = (__mmask16)((1u << live) - 1);
-      __m512i v = _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(keep, y + o),
-                                     _mm512_maskz_loadu_epi32(keep, sgn + o));
-      __m512i t = _mm512_maskz_loadu_epi32(keep, thr + o);
-      word |= (uint64_t)_mm512_mask_cmpge_epi32_mask(keep, v, t) << (16 * q);
+static inline BMX_AVX512_TARGET void bmx_threshold_pack_avx512(const int32_t* y, size_t rows,
+                                                               size_t n, const int32_t* lo,
+                                                               const uint64_t* flip,
+                                                               uint64_t* out, size_t ldo) {
+  for (size_t r = 0; r < rows; ++r, y += n, out += ldo) {
+    for (size_t w = 0; 64 * w < n; ++w) {
+      uint64_t word = 0;
+      for (int q = 0; q < 4; ++q) {
+        size_t o = 64 * w + 16 * q;
+        size_t live = o >= n ? 0 : n - o >= 16 ? 16 : n - o;
+        __mmask16 keep = (__mmask16)((1u << live) - 1);
+        __m512i v = _mm512_maskz_loadu_epi32(keep, y + o);
+        __m512i t = _mm512_maskz_loadu_epi32(keep, lo + o);
+        word |= (uint64_t)_mm512_mask_cmpge_epi32_mask(keep, v, t) << (16 * q);
+      }
+      out[w] = word ^ flip[w];
     }
-    out[w] = word;
   }
 }
 #endif
@@ -552,6 +575,8 @@ static inline void bmx_pack_rows(const float* x, size_t rows, size_t n, uint64_t
 #ifdef BMX_X86
   if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_row_avx512;
   if (kernel == BMX_KERNEL_AVX2) pack = bmx_pack_row_avx2;
+#else
+  (void)kernel;
 #endif
   const size_t words = bmx_words_for_bits(n);
   const int team = bmx_team_size(threads);
@@ -572,6 +597,8 @@ static inline void bmx_pack_nchw(const float* x, size_t batch, size_t channels, 
 #ifdef BMX_X86
   if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_pixels_avx512;
   if (kernel == BMX_KERNEL_AVX2) pack = bmx_pack_pixels_avx2;
+#else
+  (void)kernel;
 #endif
   const size_t cg = channels / groups, gw = bmx_words_for_bits(cg), pixel_words = groups * gw;
   const size_t blocks = (hw + 63) / 64, tasks = batch * groups * blocks;
@@ -671,33 +698,51 @@ static inline bmx_conv_plan bmx_plan_for(int kernel) {
   return plan;
 }
 
+/* Word offsets of the kernel taps from the top-left tap, for taps inside the image. */
+static inline void bmx_conv_tap_offsets(const bmx_conv_shape* sh, size_t* offsets) {
+  for (size_t kh = 0; kh < sh->kernel_h; ++kh)
+    for (size_t kw = 0; kw < sh->kernel_w; ++kw)
+      offsets[kh * sh->kernel_w + kw] =
+          (kh * sh->dilation_h * sh->in_w + kw * sh->dilation_w) * sh->pixel_words;
+}
+
 /*
  * Fills the segment tables of rows m0 .. m0+count-1, one table of taps *
  * BMX_TABLE_MR pointers per block of mr rows, for group g; border[b] tells
- * whether block b reads any padding tap.
+ * whether block b reads any padding tap. offsets: bmx_conv_tap_offsets.
  */
 static inline void bmx_conv_row_tables(const bmx_conv_shape* sh, size_t out_h, size_t out_w,
-                                       const uint64_t* x, const uint64_t* zeros, size_t m0,
-                                       size_t count, int mr, size_t g, const uint64_t** tables,
-                                       unsigned char* border) {
-  const size_t group_words = bmx_words_for_bits(sh->group_bits);
-  const size_t table_size = sh->kernel_h * sh->kernel_w * BMX_TABLE_MR;
+                                       const uint64_t* x, const uint64_t* zeros,
+                                       const size_t* offsets, size_t m0, size_t count, int mr,
+                                       size_t g, const uint64_t** tables, unsigned char* border) {
+  const size_t group_words = bmx_words_for_bits(sh->group_bits), taps = sh->kernel_h * sh->kernel_w;
+  const size_t table_size = taps * BMX_TABLE_MR;
+  const size_t span_h = (sh->kernel_h - 1) * sh->dilation_h;
+  const size_t span_w = (sh->kernel_w - 1) * sh->dilation_w;
   size_t n = m0 / (out_h * out_w), oh = m0 / out_w % out_h, ow = m0 % out_w, b = 0;
   int r = 0;
   for (size_t i = 0; i < count; ++i) {
     const uint64_t** table = tables + b * table_size + r;
     if (r == 0) border[b] = 0;
-    for (size_t kh = 0; kh < sh->kernel_h; ++kh) {
-      /* unsigned wrap-around makes "above the image" also fail the < in_h test */
-      size_t ih = oh * sh->stride_h + kh * sh->dilation_h - sh->pad_h;
-      for (size_t kw = 0; kw < sh->kernel_w; ++kw) {
-        size_t iw = ow * sh->stride_w + kw * sh->dilation_w - sh->pad_w;
-        const uint64_t** slot = table + (kh * sh->kernel_w + kw) * BMX_TABLE_MR;
-        if (ih < sh->in_h && iw < sh->in_w) {
-          *slot = x + ((n * sh->in_h + ih) * sh->in_w + iw) * sh->pixel_words + g * group_words;
-        } else {
-          *slot = zeros;
-          border[b] = 1;
+    /* unsigned wrap-around makes "above / left of the image" also fail the < tests */
+    const size_t ih0 = oh * sh->stride_h - sh->pad_h, iw0 = ow * sh->stride_w - sh->pad_w;
+    if (ih0 < sh->in_h && ih0 + span_h < sh->in_h && iw0 < sh->in_w && iw0 + span_w < sh->in_w) {
+      /* the whole window is inside: the common case, worth its own loop */
+      const uint64_t* base =
+          x + ((n * sh->in_h + ih0) * sh->in_w + iw0) * sh->pixel_words + g * group_words;
+      for (size_t t = 0; t < taps; ++t) table[t * BMX_TABLE_MR] = base + offsets[t];
+    } else {
+      for (size_t kh = 0; kh < sh->kernel_h; ++kh) {
+        size_t ih = ih0 + kh * sh->dilation_h;
+        for (size_t kw = 0; kw < sh->kernel_w; ++kw) {
+          size_t iw = iw0 + kw * sh->dilation_w;
+          const uint64_t** slot = table + (kh * sh->kernel_w + kw) * BMX_TABLE_MR;
+          if (ih < sh->in_h && iw < sh->in_w) {
+            *slot = x + ((n * sh->in_h + ih) * sh->in_w + iw) * sh->pixel_words + g * group_words;
+          } else {
+            *slot = zeros;
+            border[b] = 1;
+          }
         }
       }
     }
@@ -773,16 +818,15 @@ static inline void bmx_conv_apply_correction(const bmx_conv_shape* sh, size_t ou
  * bmx_conv_tap_sums, or NULL to compute it here. Exactly one output form:
  *   out (M x O int32, row stride ldo): y = sum over taps of the +/-1 dot products;
  *   bits (M x ceil(O/64) uint64, row stride ldb) with thresholds sgn/thr: the
- *     packed sign of the per-channel affine map, see bmx_threshold_pack_*.
+ *     packed sign of the per-channel affine map, see bmx_threshold_prepare.
  * threads <= 0 uses the OpenMP default (OMP_NUM_THREADS). Returns 0; -1 when
  * memory ran out (outputs then undefined); -2 for an empty kernel (no taps or
- * no input channels).
+ * no input channels) or one of 2^31 - 1 bits or more.
  */
 static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
                                 const uint64_t* panels, const int32_t* tap_sums, int32_t* out,
-                                size_t ldo,
-                                const int32_t* sgn, const int32_t* thr, uint64_t* bits,
-                                size_t ldb, int kernel, int threads) {
+                                size_t ldo, const int32_t* sgn, const int32_t* thr,
+                                uint64_t* bits, size_t ldb, int kernel, int threads) {
   const bmx_conv_plan plan = bmx_plan_for(kernel);
   const size_t out_h = bmx_conv_out_extent(sh->in_h, sh->pad_h, sh->kernel_h, sh->stride_h,
                                            sh->dilation_h);
@@ -794,24 +838,31 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
   const size_t table_size = taps * BMX_TABLE_MR;
   const int32_t k_bits = (int32_t)(taps * sh->group_bits);
   const int fused = bits != NULL;
-  if (taps == 0 || group_words == 0) return -2; /* the micro-kernels need a non-empty K */
+  /* the micro-kernels need a non-empty K, and int32 results with room for thresholds */
+  if (taps == 0 || group_words == 0 || taps * sh->group_bits >= INT32_MAX) return -2;
   if (rows == 0 || out_channels == 0) return 0;
 
-  uint64_t* zeros = (uint64_t*)calloc(group_words + 1, sizeof(uint64_t));
-  const int32_t* corr = NULL;
-  int32_t* own_sums = NULL;
-  if (zeros == NULL) return -1;
-  if (sh->pad_zero && (sh->pad_h || sh->pad_w)) {
-    if (tap_sums == NULL) {
-      own_sums = (int32_t*)malloc(taps * out_channels * sizeof(int32_t));
-      if (own_sums == NULL) {
-        free(zeros);
-        return -1;
-      }
-      bmx_conv_tap_sums(sh->groups, sh->group_bits, sh->out_per_group, taps, panels, own_sums);
-    }
-    corr = tap_sums != NULL ? tap_sums : own_sums;
+  /* shared and read-only in the team: padding words, tap sums, prepared thresholds */
+  const int zero_pad = sh->pad_zero && (sh->pad_h || sh->pad_w);
+  const int own_sums_needed = zero_pad && tap_sums == NULL;
+  const size_t out_words = bmx_words_for_bits(out_channels);
+  uint64_t* zeros = (uint64_t*)calloc(group_words, sizeof(uint64_t));
+  int32_t* own_sums =
+      own_sums_needed ? (int32_t*)malloc(taps * out_channels * sizeof(int32_t)) : NULL;
+  int32_t* lo = fused ? (int32_t*)malloc(out_channels * sizeof(int32_t)) : NULL;
+  uint64_t* flip = fused ? (uint64_t*)malloc(out_words * sizeof(uint64_t)) : NULL;
+  if (zeros == NULL || (own_sums_needed && own_sums == NULL) ||
+      (fused && (lo == NULL || flip == NULL))) {
+    free(zeros);
+    free(own_sums);
+    free(lo);
+    free(flip);
+    return -1;
   }
+  if (own_sums_needed)
+    bmx_conv_tap_sums(sh->groups, sh->group_bits, sh->out_per_group, taps, panels, own_sums);
+  const int32_t* corr = zero_pad ? (tap_sums != NULL ? tap_sums : own_sums) : NULL;
+  if (fused) bmx_threshold_prepare(out_channels, sgn, thr, lo, flip);
 
   /*
    * Work is cut into tiles of row blocks x panels, enough of them to balance the
@@ -838,11 +889,14 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
   {
     const uint64_t** tables =
         (const uint64_t**)malloc(blocks_per_tile * table_size * sizeof(uint64_t*));
+    size_t* offsets = (size_t*)malloc(taps * sizeof(size_t));
     unsigned char* border = (unsigned char*)malloc(blocks_per_tile);
     int32_t* scratch = fused ? (int32_t*)malloc(blocks_per_tile * plan.mr * out_channels *
                                                 sizeof(int32_t))
                              : NULL;
-    const int ready = tables != NULL && border != NULL && (scratch != NULL || !fused);
+    const int ready = tables != NULL && offsets != NULL && border != NULL &&
+                      (scratch != NULL || !fused);
+    if (offsets != NULL) bmx_conv_tap_offsets(sh, offsets);
     if (!ready) {
 #pragma omp atomic write
       failed = 1;
@@ -861,7 +915,8 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
       int32_t* c = fused ? scratch : out + m0 * ldo;
       const size_t ldc = fused ? out_channels : ldo;
       for (size_t g = g0; g < g1; ++g) {
-        bmx_conv_row_tables(sh, out_h, out_w, x, zeros, m0, count, plan.mr, g, tables, border);
+        bmx_conv_row_tables(sh, out_h, out_w, x, zeros, offsets, m0, count, plan.mr, g, tables,
+                            border);
         for (size_t p = p0; p < p1; ++p) {
           const uint64_t* panel = panels + (g * np + p) * row_words * BMX_PANEL;
           const size_t col = g * sh->out_per_group + p * BMX_PANEL;
@@ -891,16 +946,17 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
                                     c + b * plan.mr * ldc, ldc, col0, col1);
         }
       }
-      if (fused)
-        for (size_t r = 0; r < count; ++r)
-          plan.threshold(scratch + r * out_channels, out_channels, sgn, thr, bits + (m0 + r) * ldb);
+      if (fused) plan.threshold(scratch, count, out_channels, lo, flip, bits + m0 * ldb, ldb);
     }
     free(tables);
+    free(offsets);
     free(border);
     free(scratch);
   }
   free(zeros);
   free(own_sums);
+  free(lo);
+  free(flip);
   return failed ? -1 : 0;
 }
 
