@@ -30,6 +30,20 @@ Determinism: the Gluon pipelines seed Python's ``random`` for every image from
 this is what makes a resumed run identical to an unbroken one. ``mx.io.ImageRecordIter`` is
 re-created every epoch with seeds derived from ``(seed, epoch)``, which fixes its order, but its
 decoding threads make augmentation only reproducible with one thread.
+
+Sharding (``num_parts`` workers of a distributed job, this one ``part_index``; see
+docs/distributed.md): only the training split is sharded, and every part yields the same number
+of batches per epoch, because a synchronous parameter-server step waits for all workers.
+
+* Gluon pipelines: all workers draw the same ``(seed, epoch)`` order; step s of the epoch takes its
+  ``num_parts x batch_size`` images from that order and part p reads the p-th batch of them. The
+  images of a step are therefore those one process with a ``num_parts`` times larger batch would
+  read, and no image is read twice in an epoch.
+* ``mx.io.ImageRecordIter``: each worker reads its own contiguous part of the RecordIO file
+  (``num_parts``/``part_index`` of the iterator), shuffled with a seed that also depends on the
+  part. The iterator makes the last part smaller than the others (it gets the remainder), so
+  every part yields ``ceil((images // num_parts) / batch_size)`` batches and starts another pass
+  over its images when it runs out.
 """
 import dataclasses
 import math
@@ -325,22 +339,33 @@ class _Augmented(Dataset):
 
 
 class _EpochSampler(Sampler):
-    """Keys of :class:`_Augmented` for one epoch, shuffled by a generator seeded from (seed, epoch)."""
+    """Keys of :class:`_Augmented` for one epoch, shuffled by a generator seeded from (seed, epoch).
 
-    def __init__(self, indices, size, shuffle, seed):
+    With ``num_parts > 1`` it yields part ``part_index`` of the epoch (see the module docstring):
+    from every block of ``num_parts * batch_size`` consecutive keys, the ``part_index``-th batch.
+    """
+
+    def __init__(self, indices, size, shuffle, seed, num_parts=1, part_index=0, batch_size=1):
         self._indices = np.asarray(indices, dtype=np.int64)
         self._size = size
         self._shuffle = shuffle
         self._seed = seed
+        self._parts, self._part, self._batch = num_parts, part_index, batch_size
         self.epoch = 0
 
     def __len__(self):
-        return len(self._indices)
+        if self._parts == 1:
+            return len(self._indices)
+        return len(self._indices) // (self._parts * self._batch) * self._batch
 
     def __iter__(self):
         order = self._indices
         if self._shuffle:
             order = np.random.RandomState([self._seed, self.epoch]).permutation(order)
+        if self._parts > 1:
+            steps = len(order) // (self._parts * self._batch)
+            order = order[:steps * self._parts * self._batch].reshape(steps, self._parts, self._batch)
+            order = order[:, self._part].ravel()
         return iter((order + self.epoch * self._size).tolist())
 
 
@@ -355,15 +380,16 @@ class _GluonSplit(Split):
     """A split read by a Gluon DataLoader with per-image seeded augmentation."""
 
     def __init__(self, name, base, indices, transform, preprocessing, batch_size, shuffle, seed, num_workers,
-                 description):
+                 description, num_parts=1, part_index=0):
         indices = np.arange(len(base)) if indices is None else np.asarray(indices)
         train = name == "train"
-        super().__init__(name, len(indices), batch_size, drop_last=train, description=description)
-        if train and len(indices) < batch_size:
+        super().__init__(name, len(indices) // num_parts, batch_size, drop_last=train, description=description)
+        if train and len(indices) < batch_size * num_parts:
+            workers = f" for each of {num_parts} workers" if num_parts > 1 else ""
             raise DataError(f"{description}: the training split has {len(indices)} images, fewer than "
-                            f"one batch of {batch_size}")
+                            f"one batch of {batch_size}{workers}")
         self._preprocessing = preprocessing
-        self._sampler = _EpochSampler(indices, len(base), shuffle, seed)
+        self._sampler = _EpochSampler(indices, len(base), shuffle, seed, num_parts, part_index, batch_size)
         self._loader = DataLoader(_Augmented(base, transform, seed),
                                   batch_sampler=BatchSampler(self._sampler, batch_size,
                                                              "discard" if train else "keep"),
@@ -376,26 +402,47 @@ class _GluonSplit(Split):
 
 
 class _RecordIterSplit(Split):
-    """A split read by ``mx.io.ImageRecordIter``, re-created every epoch with (seed, epoch) seeds."""
+    """A split read by ``mx.io.ImageRecordIter``, re-created every epoch with (seed, epoch) seeds.
 
-    def __init__(self, name, rec_path, idx_path, num_images, batch_size, options, seed, description):
-        super().__init__(name, num_images, batch_size, drop_last=False, description=description)
+    ``num_parts > 1`` (training only) reads part ``part_index`` of the file; see the module docstring.
+    """
+
+    def __init__(self, name, rec_path, idx_path, num_images, batch_size, options, seed, description,
+                 num_parts=1, part_index=0):
+        if num_images < num_parts:
+            raise DataError(f"{rec_path}: {num_images} images cannot be split into {num_parts} parts")
+        super().__init__(name, num_images // num_parts, batch_size, drop_last=False, description=description)
         self._rec = rec_path
         self._options = dict(path_imgrec=rec_path, path_imgidx=idx_path, batch_size=batch_size,
-                             round_batch=name == "train", verbose=False, **options)
-        self._seed = seed
+                             round_batch=name == "train", verbose=False, num_parts=num_parts,
+                             part_index=part_index, **options)
+        self._seed_keys = [seed] + ([part_index] if num_parts > 1 else [])
+        self._part = f"part {part_index + 1} of {num_parts}"
 
     def batches(self, epoch):
-        seed = int(np.random.RandomState([self._seed, epoch]).randint(2 ** 31))
-        remaining = self.num_images
+        seed = int(np.random.RandomState(self._seed_keys + [epoch]).randint(2 ** 31))
         try:
             it = mx.io.ImageRecordIter(seed=seed, seed_aug=seed, **self._options)
+            # Copies: the iterator refills these buffers for later batches.
+            if self.name == "train":
+                # Always full and always len(self) of them: the last batch of a pass wraps around
+                # to the first images (round_batch), and a part smaller than the others (the
+                # iterator gives the last part the remainder) starts another pass.
+                for _ in range(len(self)):
+                    batch = next(it, None)
+                    if batch is None:
+                        it.reset()
+                        batch = next(it, None)
+                    if batch is None:
+                        raise DataError(f"{self._rec}: {self._part} of the training images is empty; the file "
+                                        "has too few records for this many workers")
+                    yield batch.data[0].copy(), batch.label[0].copy()
+                return
+            remaining = self.num_images
             for batch in it:
-                # Copies: the iterator refills these buffers for later batches. Training batches
-                # stay full (the last one wraps around to the first images); without round_batch
-                # the last validation batch ends in stale rows and reports no padding, so the
-                # record count decides what is real.
-                n = batch.data[0].shape[0] if self.name == "train" else min(batch.data[0].shape[0], remaining)
+                # Without round_batch the last validation batch ends in stale rows and reports no
+                # padding, so the record count decides what is real.
+                n = min(batch.data[0].shape[0], remaining)
                 remaining -= n
                 yield batch.data[0][:n].copy(), batch.label[0][:n].copy()
         except mx.MXNetError as err:
@@ -415,8 +462,15 @@ def _imagenet_layout(data_dir):
                     "image folders, in this directory")
 
 
+def _check_part(num_parts, part_index):
+    if not (isinstance(num_parts, int) and num_parts >= 1 and isinstance(part_index, int)
+            and 0 <= part_index < num_parts):
+        raise ValueError(f"part_index must be in [0, num_parts) with num_parts >= 1, got part {part_index!r} "
+                         f"of {num_parts!r}")
+
+
 def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loader="record-iter", classes=1000,
-             seed=0, num_workers=4):
+             seed=0, num_workers=4, num_parts=1, part_index=0):
     """ImageNet (or any dataset in the same layout) for training.
 
     Args:
@@ -431,6 +485,8 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
         seed: shuffling and augmentation seed.
         num_workers: decoding threads (record-iter) or worker processes (gluon; 0 decodes in the
             main process).
+        num_parts, part_index: read only this part of the training split (a worker of a
+            distributed job: ``kv.num_workers``, ``kv.rank``); validation is not sharded.
 
     Returns:
         :class:`DataBundle` with train and val splits.
@@ -439,11 +495,14 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
         raise ValueError(f"unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}")
     if loader not in LOADERS:
         raise ValueError(f"unknown loader {loader!r}; choose one of {LOADERS}")
+    _check_part(num_parts, part_index)
     layout = _imagenet_layout(data_dir)
     prep = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD, eval_resize(image_size))
     train_tf = _resized_crop(image_size) if augment == "resized-crop" else _resize_then_crop(image_size)
     val_tf = _center(image_size, prep.resize)
-    info = dict(dataset="imagenet", data_dir=os.path.abspath(data_dir), layout=layout, augment=augment)
+    info = dict(dataset="imagenet", data_dir=os.path.abspath(data_dir), layout=layout, augment=augment,
+                num_parts=num_parts, part_index=part_index)
+    part = dict(num_parts=num_parts, part_index=part_index)
     if layout == "folder":
         train_base = _FolderImages(os.path.join(data_dir, "train"))
         val_base = _FolderImages(os.path.join(data_dir, "val"))
@@ -453,7 +512,8 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
         classes = len(train_base.synsets)
         info.update(loader="gluon", synsets=train_base.synsets)
         make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
-        train = _GluonSplit("train", train_base, None, train_tf, shuffle=True, description=train_base.root, **make)
+        train = _GluonSplit("train", train_base, None, train_tf, shuffle=True, description=train_base.root, **make,
+                            **part)
         val = _GluonSplit("val", val_base, None, val_tf, shuffle=False, description=val_base.root, **make)
         return DataBundle(train, val, None, classes, prep, info)
 
@@ -467,7 +527,7 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
     if loader == "gluon":
         make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
         train = _GluonSplit("train", _RecordImages(*paths["train"]), None, train_tf, shuffle=True,
-                            description=paths["train"][0], **make)
+                            description=paths["train"][0], **make, **part)
         val = _GluonSplit("val", _RecordImages(*paths["val"]), None, val_tf, shuffle=False,
                           description=paths["val"][0], **make)
         return DataBundle(train, val, None, classes, prep, info)
@@ -480,13 +540,14 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
     else:
         train_aug = dict(resize=prep.resize, rand_crop=True)
     train = _RecordIterSplit("train", *paths["train"], counts["train"], batch_size,
-                             dict(shuffle=True, rand_mirror=True, **train_aug, **norm), seed, paths["train"][0])
+                             dict(shuffle=True, rand_mirror=True, **train_aug, **norm), seed, paths["train"][0],
+                             **part)
     val = _RecordIterSplit("val", *paths["val"], counts["val"], batch_size, dict(resize=prep.resize, **norm),
                            seed, paths["val"][0])
     return DataBundle(train, val, None, classes, prep, info)
 
 
-def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0):
+def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_parts=1, part_index=0):
     """CIFAR-10 from RecordIO: train minus a fixed hold-out, the hold-out as val, test.rec if present.
 
     Args:
@@ -497,10 +558,13 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0):
         seed: shuffling and augmentation seed.
         num_workers: worker processes (0 decodes in the main process: 32x32 JPEGs cost far less
             than a training step).
+        num_parts, part_index: read only this part of the training split (a worker of a
+            distributed job: ``kv.num_workers``, ``kv.rank``); validation and test are not sharded.
 
     Returns:
         :class:`DataBundle` (``test`` is None without test.rec).
     """
+    _check_part(num_parts, part_index)
     _require_dir(data_dir, "CIFAR-10 as train.rec and train.idx")
     rec, idx = os.path.join(data_dir, "train.rec"), os.path.join(data_dir, "train.idx")
     if not (os.path.isfile(rec) and os.path.isfile(idx)):
@@ -513,7 +577,8 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0):
     val_idx = heldout_indices(total, val_size)
     train_idx = np.setdiff1d(np.arange(total), val_idx)
     make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
-    train = _GluonSplit("train", base, train_idx, _pad_crop(32, 4), shuffle=True, description=rec, **make)
+    train = _GluonSplit("train", base, train_idx, _pad_crop(32, 4), shuffle=True, description=rec, **make,
+                        num_parts=num_parts, part_index=part_index)
     val = None
     if val_size:
         val = _GluonSplit("val", base, val_idx, _center(32, 0), shuffle=False,
@@ -525,7 +590,8 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0):
         test = _GluonSplit("test", _RecordImages(test_rec, test_idx), None, _center(32, 0), shuffle=False,
                            description=test_rec, **make)
     info = dict(dataset="cifar10", data_dir=os.path.abspath(data_dir), layout="recordio", loader="gluon",
-                val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop")
+                val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop", num_parts=num_parts,
+                part_index=part_index)
     return DataBundle(train, val, test, 10, prep, info)
 
 

@@ -6,6 +6,10 @@ optimizer name: ``mx.gluon.Trainer(params, 'radam', {...})``, ``mx.optimizer.cre
 import math
 
 import mxnet as mx
+# The ndarray module itself, not the mx.nd alias: a dist_async parameter server unpickles this
+# optimizer while `import mxnet` is still running (its server loop starts inside that import, before
+# the alias exists), and a missing mx.nd there fails every update silently.
+from mxnet import ndarray as nd
 
 __all__ = ["RAdam"]
 
@@ -60,7 +64,7 @@ class RAdam(mx.optimizer.Optimizer):
 
     def create_state(self, index, weight):
         zeros = dict(ctx=weight.context, dtype=weight.dtype, stype=weight.stype)
-        return mx.nd.zeros(weight.shape, **zeros), mx.nd.zeros(weight.shape, **zeros)
+        return nd.zeros(weight.shape, **zeros), nd.zeros(weight.shape, **zeros)
 
     def update(self, index, weight, grad, state):
         self._update_count(index)
@@ -71,11 +75,11 @@ class RAdam(mx.optimizer.Optimizer):
 
         g = grad * self.rescale_grad
         if self.clip_gradient is not None:
-            g = mx.nd.clip(g, -self.clip_gradient, self.clip_gradient)
+            g = nd.clip(g, -self.clip_gradient, self.clip_gradient)
         if wd:
             g = g + wd * weight
         mean[:] = self.beta1 * mean + (1 - self.beta1) * g
-        var[:] = self.beta2 * var + (1 - self.beta2) * mx.nd.square(g)
+        var[:] = self.beta2 * var + (1 - self.beta2) * nd.square(g)
 
         bias1 = 1 - self.beta1 ** t
         bias2 = 1 - self.beta2 ** t
@@ -83,6 +87,6 @@ class RAdam(mx.optimizer.Optimizer):
         rho_t = rho_inf - 2 * t * self.beta2 ** t / bias2
         if rho_t > 4:
             rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-            weight[:] = weight - (lr * rect / bias1) * mean / (mx.nd.sqrt(var / bias2) + self.epsilon)
+            weight[:] = weight - (lr * rect / bias1) * mean / (nd.sqrt(var / bias2) + self.epsilon)
         else:
             weight[:] = weight - (lr / bias1) * mean

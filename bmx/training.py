@@ -19,6 +19,24 @@ Resuming (``resume=True``) continues exactly where the last checkpoint left off:
 reseeds Python's, numpy's and MXNet's generators from ``(seed, epoch)`` and the Gluon data
 pipelines derive order and augmentation from the same pair, so "train 2 epochs, stop, resume for
 the 3rd" gives the parameters of "train 3 epochs".
+
+Distributed training (MXNet's parameter server, kvstore ``dist_sync``, ``dist_device_sync`` or
+``dist_async``; processes started by ``tools/launch.py``, see docs/distributed.md): every worker
+runs the same :class:`Run` on its own part of the training data (``num_parts=kv.num_workers,
+part_index=kv.rank`` of :mod:`bmx.data`).
+
+* Synchronous kinds: the servers sum the gradients of all workers, each worker applies the same
+  optimizer update to the same sum (``update_on_kvstore=False``), and the sum is divided by the
+  global batch (``batch_size`` x devices x workers). All workers keep identical parameters, and a
+  run equals one process stepping on the workers' batches put together (up to BatchNorm, whose
+  batch statistics stay per device).
+* ``dist_async``: the servers run the optimizer (MXNet allows nothing else) and apply each
+  worker's gradient, divided by that worker's batch, as it arrives; the schedule counts
+  workers x steps updates per epoch. MXNet cannot save optimizer state held by servers, so
+  checkpoints hold the parameters only, and a resumed run restarts the optimizer's moments (the
+  schedule continues where it was).
+* Only rank 0 validates and writes to ``output_dir``; the other workers train only. On resume
+  every worker reads the checkpoint, so ``output_dir`` must be on a filesystem all machines share.
 """
 import csv
 import dataclasses
@@ -26,6 +44,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 
 import matplotlib
@@ -46,13 +65,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 __all__ = ["Recipe", "Run", "ResumeError", "build_model", "initializer", "no_weight_decay", "evaluate",
-           "benchmark", "parse_ctx", "OPTIMIZERS", "LR_MODES", "INITIALIZATIONS", "METRIC_COLUMNS"]
+           "benchmark", "parse_ctx", "create_kvstore", "exit_process", "OPTIMIZERS", "LR_MODES", "INITIALIZATIONS",
+           "METRIC_COLUMNS", "DIST_KVSTORES"]
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("radam", "adam", "sgd")
 LR_MODES = ("cosine", "step")
 INITIALIZATIONS = ("he", "xavier")
+DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                   "images_per_s", "time_s")
 STATE_FILE = "state.json"
@@ -72,7 +93,8 @@ class Recipe:
 
     Attributes:
         optimizer: ``'radam'`` (:class:`bmx.optimizers.RAdam`), ``'adam'`` or ``'sgd'`` (with momentum).
-        lr: base learning rate (for the total batch, which is ``batch_size`` x devices x workers).
+        lr: base learning rate (for the total batch, which is ``batch_size`` x devices x workers
+            with a synchronous distributed kvstore; it is not rescaled when the total changes).
         lr_mode: ``'cosine'`` (from lr down to 0 at the end of the last epoch) or ``'step'``
             (multiply by ``lr_factor`` at each epoch in ``lr_steps``).
         lr_steps: epochs at which the step schedule decays.
@@ -157,6 +179,67 @@ def parse_ctx(spec):
         raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}") from None
 
 
+# Whether this process is a worker of a distributed job (create_kvstore made a dist kvstore).
+_dist_worker = False
+
+
+def _leave(code):
+    """Ends the process now, skipping Python's finalization."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def exit_process(code):
+    """``sys.exit(code)``, except that a failing worker of a distributed job ends at once.
+
+    At exit, MXNet's distributed kvstore waits for every other worker (a barrier before the
+    servers are stopped). After a failure the others wait for this worker's gradients instead, so
+    a normal exit would hang the whole job; ending at once lets the launcher see the failure and
+    stop the rest. :func:`create_kvstore` routes uncaught exceptions here too.
+    """
+    if code and _dist_worker:
+        _leave(code)
+    sys.exit(code)
+
+
+def create_kvstore(name):
+    """What :class:`Run` and :func:`benchmark` take as ``kvstore``: a KVStore for the
+    parameter-server kinds (``DIST_KVSTORES``), the name itself for the others.
+
+    Create a distributed kvstore before reading the data: its ``rank`` and ``num_workers`` say
+    which part of the training data this worker reads.
+    """
+    if not name.startswith("dist"):
+        return name
+    if name not in DIST_KVSTORES:
+        raise ValueError(f"unknown distributed kvstore {name!r}; choose one of {DIST_KVSTORES}")
+    if "DMLC_ROLE" not in os.environ:
+        # Without it, ps-lite aborts the process from C++ with a bare check failure.
+        raise ValueError(f"kvstore {name} runs on MXNet's parameter server: start the job with tools/launch.py "
+                         "(see docs/distributed.md), which sets DMLC_ROLE and the other DMLC_* variables")
+    kv = mx.kv.create(name)
+    global _dist_worker
+    if not _dist_worker:
+        # An uncaught exception would end in the exit barrier too (see exit_process).
+        _dist_worker = True
+        previous = sys.excepthook
+
+        def fail_at_once(kind, value, tb):
+            previous(kind, value, tb)
+            _leave(1)
+        sys.excepthook = fail_at_once
+    return kv
+
+
+def _topology(kvstore):
+    """(kind, rank, workers) of a kvstore name or KVStore."""
+    if isinstance(kvstore, str):
+        return kvstore, 0, 1
+    return kvstore.type, kvstore.rank, kvstore.num_workers
+
+
 def build_model(name, classes, binary=True, clip_threshold=None, layer_config=None, **knobs):
     """A zoo model (``bmx.models.get_model``) built inside ``bmx.binary_layer_config(**layer_config)``.
 
@@ -209,10 +292,15 @@ def _seed_everything(seed):
 
 
 class _Step:
-    """Forward, backward and update of one batch, split over the devices."""
+    """Forward, backward and update of one batch, split over the devices.
 
-    def __init__(self, net, trainer, ctx, dtype):
+    ``workers``: how many workers' batches the gradient sum covers (the synchronous kvstores sum
+    over all workers; the trainer divides by the global batch).
+    """
+
+    def __init__(self, net, trainer, ctx, dtype, workers=1):
         self.net, self.trainer, self.ctx, self.dtype = net, trainer, ctx, dtype
+        self.workers = workers
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def __call__(self, data, label):
@@ -222,7 +310,7 @@ class _Step:
             outputs = [self.net(x.astype(self.dtype, copy=False)).astype("float32", copy=False) for x in xs]
             losses = [self.loss_fn(out, y) for out, y in zip(outputs, ys)]
         autograd.backward(losses)
-        self.trainer.step(data.shape[0])
+        self.trainer.step(data.shape[0] * self.workers)
         return ys, outputs, losses
 
 
@@ -261,10 +349,33 @@ def evaluate(net, split, classes, ctx=None, dtype="float32", progress=False):
     return scores.get()
 
 
+def _synchronous(kind):
+    return kind.startswith("dist") and "async" not in kind
+
+
 def _make_trainer(net, recipe, steps_per_epoch, kvstore):
-    kv = mx.kv.create(kvstore) if kvstore.startswith("dist") else kvstore
-    return gluon.Trainer(net.collect_params(), recipe.optimizer, recipe.optimizer_params(steps_per_epoch),
-                         kvstore=kv)
+    """The Gluon trainer and the number of workers each step's gradient sum covers."""
+    kind, _, workers = _topology(kvstore)
+    params = net.collect_params()
+    if not kind.startswith("dist"):
+        return gluon.Trainer(params, recipe.optimizer, recipe.optimizer_params(steps_per_epoch), kvstore=kvstore), 1
+    if _synchronous(kind):
+        # The servers only sum gradients; every worker runs the optimizer on the same sums. Its
+        # state then lives where save_states can reach it (MXNet cannot save server-side state),
+        # and no optimizer has to be unpickled on a server.
+        trainer = gluon.Trainer(params, recipe.optimizer, recipe.optimizer_params(steps_per_epoch), kvstore=kvstore,
+                                update_on_kvstore=False)
+        # A server key holds rank 0's initial weights until the first gradients replace them. The
+        # trainer's first step pulls the weights (asynchronously) and then pushes gradients with
+        # no order between the two, so a worker sometimes pulled the first gradient sum as its
+        # weights. Initializing here and waiting for the pulls closes that race.
+        trainer._init_kvstore()
+        trainer._init_params()
+        mx.nd.waitall()
+        return trainer, workers
+    # dist_async must update on the servers, once per push: workers x steps updates per epoch.
+    return gluon.Trainer(params, recipe.optimizer, recipe.optimizer_params(steps_per_epoch * workers),
+                         kvstore=kvstore, update_on_kvstore=True), 1
 
 
 def _prepare(net, recipe, ctx, init):
@@ -287,13 +398,18 @@ def benchmark(net, recipe, image_size, classes, iters=20, warmup=2, ctx=None, kv
 
     A step is what :class:`Run` does per batch (forward, backward, optimizer update of
     ``recipe.batch_size`` images per device), on one batch held in memory, so the data pipeline is
-    not measured. Returns a dict with ``images_per_s`` (over all devices) and ``step_s``.
+    not measured. ``kvstore``: a name or a KVStore (:func:`create_kvstore`); every worker of a
+    distributed job must call this with the same arguments. Returns a dict with ``images_per_s``
+    (over all devices and workers), ``step_s``, ``batch_size`` (per worker) and ``workers``.
     """
     ctx = ctx or [mx.cpu()]
+    kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
     _prepare(net, recipe, ctx, init)
     total = recipe.batch_size * len(ctx)
+    workers = _topology(kvstore)[2]
     # The schedule's length does not change the cost of a step.
-    step = _Step(net, _make_trainer(net, recipe, iters + warmup, kvstore), ctx, recipe.dtype)
+    trainer, scale = _make_trainer(net, recipe, iters + warmup, kvstore)
+    step = _Step(net, trainer, ctx, recipe.dtype, scale)
     data, label = synthetic_batch(total, image_size, classes, recipe.seed)
     for _ in range(warmup):
         step(data, label)
@@ -303,7 +419,8 @@ def benchmark(net, recipe, image_size, classes, iters=20, warmup=2, ctx=None, kv
         step(data, label)
         mx.nd.waitall()
     seconds = time.perf_counter() - start
-    return {"images_per_s": iters * total / seconds, "step_s": seconds / iters, "batch_size": total, "iters": iters}
+    return {"images_per_s": iters * total * workers / seconds, "step_s": seconds / iters, "batch_size": total,
+            "iters": iters, "workers": workers}
 
 
 class Run:
@@ -319,40 +436,58 @@ class Run:
             saved in ``state.json`` and ``model.json``. A resumed run must pass the same config and
             recipe: any difference is reported as a :class:`ResumeError`.
         ctx: list of contexts (default CPU).
-        kvstore: ``'local'``, ``'device'`` or a ``'dist_*'`` kvstore name (see ``mx.kv.create``).
+        kvstore: ``'local'``, ``'device'``, or a distributed kvstore: a KVStore from
+            :func:`create_kvstore` (or its name), with ``data`` read as part ``kv.rank`` of
+            ``kv.num_workers`` (see the module docstring).
         resume: continue from ``output_dir/state.json``. Without it, an ``output_dir`` that already
             holds a run is refused rather than overwritten.
         init: ``'he'`` or ``'xavier'`` (:func:`initializer`).
-        progress: show tqdm progress bars.
+        progress: show tqdm progress bars (rank 0 only).
+
+    Attributes:
+        rank, num_workers: this worker and the size of a distributed job (0 and 1 otherwise).
     """
 
     def __init__(self, net, data, recipe, output_dir, config=None, ctx=None, kvstore="local", resume=False,
                  init="he", progress=True):
         self.net, self.data, self.recipe = net, data, recipe
         self.out = output_dir
+        self.kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
+        kind, self.rank, self.num_workers = _topology(self.kvstore)
+        self.asynchronous = kind.startswith("dist") and not _synchronous(kind)
+        parts = data.info.get("num_parts", 1)
+        if parts != self.num_workers:
+            raise ValueError(f"the training data is read as {parts} part(s) but the job has {self.num_workers} "
+                             f"worker(s); read it with num_parts=kv.num_workers, part_index=kv.rank")
         self.config = dict(config or {}, recipe=dataclasses.asdict(recipe), init=init)
+        if kind.startswith("dist"):
+            # Another number of workers changes the global batch and the data order: not a resume.
+            self.config["workers"] = self.num_workers
         self.ctx = ctx or [mx.cpu()]
-        self.kvstore = kvstore
-        self.progress = progress
+        self.writer = self.rank == 0
+        self.progress = progress and self.writer
         self.state_path = os.path.join(output_dir, STATE_FILE)
         saved = self._read_state() if resume else None
         if not resume and os.path.exists(self.state_path):
             raise ResumeError(f"{output_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) to "
                               "continue it, or choose another output directory")
         no_wd = _prepare(net, recipe, self.ctx, init)
-        self.trainer = _make_trainer(net, recipe, len(data.train), kvstore)
-        self.step = _Step(net, self.trainer, self.ctx, recipe.dtype)
-        os.makedirs(output_dir, exist_ok=True)
-        self._handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(self._handler)
+        self.trainer, scale = _make_trainer(net, recipe, len(data.train), self.kvstore)
+        self.step = _Step(net, self.trainer, self.ctx, recipe.dtype, scale)
+        self._handler = None
+        if self.writer:
+            os.makedirs(output_dir, exist_ok=True)
+            self._handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
+            self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            log.addHandler(self._handler)
         log.setLevel(logging.INFO)
         self.history, self.best, self.epoch = [], None, 0
         if saved:
             self._restore(saved)
-        else:
+        elif self.writer:
             log.info("run: %s", json.dumps(self.config, sort_keys=True))
-            log.info("data: train %d images (%s), val %s; %d classes", data.train.num_images,
+            workers = f" per worker x {self.num_workers} workers" if self.num_workers > 1 else ""
+            log.info("data: train %d images%s (%s), val %s; %d classes", data.train.num_images, workers,
                      data.train.description, data.val.num_images if data.val else "none", data.classes)
             log.info("no weight decay on %d parameters (BatchNorm, binary weights)", len(no_wd))
 
@@ -363,7 +498,9 @@ class Run:
             with open(self.state_path) as f:
                 saved = json.load(f)
         except FileNotFoundError:
-            raise ResumeError(f"{self.state_path}: not found, nothing to resume in {self.out}") from None
+            shared = ("" if self.writer else f" (worker rank {self.rank}: every worker reads the checkpoint that "
+                      "rank 0 wrote, so the output directory must be on a filesystem all machines share)")
+            raise ResumeError(f"{self.state_path}: not found, nothing to resume in {self.out}{shared}") from None
         except ValueError as err:
             raise ResumeError(f"{self.state_path}: not a valid run state ({err})") from None
         before, now = _flatten(saved.get("config", {})), _flatten(json.loads(json.dumps(self.config)))
@@ -378,12 +515,21 @@ class Run:
         self.epoch, self.history, self.best = saved["epoch"], saved["history"], saved.get("best")
         if saved.get("params"):
             self.net.load_parameters(os.path.join(self.out, saved["params"]), ctx=self.ctx)
-            self.trainer.load_states(os.path.join(self.out, saved["states"]))
-        log.info("resumed %s after epoch %d of %d", self.out, self.epoch, self.recipe.epochs)
+            if self.asynchronous:
+                # No saved state (it lived on the servers): restart the moments, but continue the
+                # schedule, which counts the servers' updates. The optimizer is sent to the
+                # servers at the first step, with these counts.
+                updates = self.epoch * len(self.data.train) * self.num_workers
+                self.trainer.optimizer.begin_num_update = self.trainer.optimizer.num_update = updates
+            else:
+                self.trainer.load_states(os.path.join(self.out, saved["states"]))
+        if self.writer:
+            log.info("resumed %s after epoch %d of %d", self.out, self.epoch, self.recipe.epochs)
 
     def _write_state(self, extra=None):
         state = dict(epoch=self.epoch, params=self._files(self.epoch)[0] if self.epoch else None,
-                     states=self._files(self.epoch)[1] if self.epoch else None, best=self.best,
+                     states=self._files(self.epoch)[1] if self.epoch and not self.asynchronous else None,
+                     best=self.best,
                      seed=self.recipe.seed, epoch_seeds=[_derived_seed(self.recipe.seed, 1, e)
                                                          for e in range(self.epoch)],
                      config=self.config, history=self.history)
@@ -401,8 +547,9 @@ class Run:
         params, states = (os.path.join(self.out, f) for f in self._files(self.epoch))
         with atomic_path(params) as tmp:
             self.net.save_parameters(tmp)
-        with atomic_path(states) as tmp:
-            self.trainer.save_states(tmp)
+        if not self.asynchronous:
+            with atomic_path(states) as tmp:
+                self.trainer.save_states(tmp)
         if improved:
             with atomic_path(os.path.join(self.out, "best.params")) as tmp:
                 self.net.save_parameters(tmp)
@@ -424,8 +571,9 @@ class Run:
                     self._train_epoch()
                 return self._finish()
             finally:
-                log.removeHandler(self._handler)
-                self._handler.close()
+                if self._handler:
+                    log.removeHandler(self._handler)
+                    self._handler.close()
 
     def _train_epoch(self):
         epoch = self.epoch
@@ -442,14 +590,17 @@ class Run:
                 bar.set_postfix(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")
         train_time = time.perf_counter() - start
         train = scores.get()
+        # The other workers wait for rank 0 at their next step (synchronous kinds) or exit.
         val = evaluate(self.net, self.data.val, self.data.classes, self.ctx, self.recipe.dtype,
-                       self.progress) if self.data.val else {}
+                       self.progress) if self.data.val and self.writer else {}
         self.epoch = epoch + 1
-        row = dict(epoch=self.epoch, lr=self.trainer.learning_rate, train_loss=train["loss"],
+        row = dict(epoch=self.epoch, lr=self._learning_rate(), train_loss=train["loss"],
                    train_top1=train["top1"], train_top5=train["top5"], val_loss=val.get("loss"),
                    val_top1=val.get("top1"), val_top5=val.get("top5"),
-                   images_per_s=train["images"] / train_time, time_s=time.perf_counter() - start)
+                   images_per_s=train["images"] * self.num_workers / train_time, time_s=time.perf_counter() - start)
         self.history.append(row)
+        if not self.writer:
+            return
         improved = bool(val) and (self.best is None or val["top1"] > self.best["top1"])
         if improved:
             self.best = dict(epoch=self.epoch, top1=val["top1"], top5=val["top5"])
@@ -459,6 +610,12 @@ class Run:
                  self.epoch, self.recipe.epochs, row["lr"], row["train_loss"], row["train_top1"], row["train_top5"],
                  f"loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}" if val else "-",
                  row["images_per_s"], row["time_s"])
+
+    def _learning_rate(self):
+        if self.asynchronous:
+            # The workers' copy of the optimizer never steps; the servers' has made about this many updates.
+            return self.trainer.optimizer.lr_scheduler(self.epoch * len(self.data.train) * self.num_workers)
+        return self.trainer.learning_rate
 
     def _write_metrics(self):
         with atomic_path(os.path.join(self.out, "metrics.csv")) as tmp, open(tmp, "w", newline="") as f:
@@ -470,6 +627,8 @@ class Run:
         _plot_curves(self.history, os.path.join(self.out, "curves.png"))
 
     def _finish(self):
+        if not self.writer:
+            return dict(epoch=self.epoch, best=None, history=self.history, finished=True)
         extra = {}
         if self.data.test is not None:
             extra["test"] = evaluate(self.net, self.data.test, self.data.classes, self.ctx, self.recipe.dtype,

@@ -21,10 +21,22 @@ with the Gluon readers (image folders, CIFAR-10, --loader gluon) the result is b
 uninterrupted run.
 
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
-device (summed on the GPUs; faster with several GPUs); with one device neither is used. The
-parameter-server kinds dist_sync, dist_device_sync (synchronous) and dist_async are handed to
-mx.kv.create; start the scheduler, server and worker processes with the DMLC_* variables set. Each
-worker then reads the whole dataset (sharding is not implemented yet).
+device (summed on the GPUs; faster with several GPUs); with one device neither is used.
+
+Several machines (docs/distributed.md): --kv-store dist_sync or dist_device_sync (synchronous; the
+second sums a worker's GPUs on the GPUs, like device) or dist_async, MXNet's parameter server, with
+the processes started by tools/launch.py, e.g. on one machine
+
+    python tools/launch.py -n 2 -s 1 python example/train_imagenet.py --kv-store dist_sync \
+        --dataset cifar10 --data-dir DIR --output-dir runs/c10 ...
+
+Each worker reads its own part of the training data. --batch-size stays per device: with the
+synchronous kinds the global batch of a step is workers x devices x batch size, the gradient is
+averaged over it, and --lr is the rate for that global batch (nothing is rescaled when the number
+of workers changes; an epoch has workers times fewer steps). With dist_async each worker's
+gradient (averaged over its own devices x batch size) is applied by the servers as it arrives.
+Only worker 0 validates and writes --output-dir; --resume needs that directory on a filesystem
+every machine sees, and the same number of workers.
 """
 import argparse
 import json
@@ -127,7 +139,7 @@ def build_parser():
     g.add_argument("--ctx", default="cpu", help="cpu, or gpu:0,1,... (the batch is split over the GPUs)")
     g.add_argument("--kv-store", default="local",
                    help="gradient aggregation: local (on the CPU), device (on the GPUs), or dist_sync / "
-                   "dist_device_sync / dist_async (parameter server; start the processes with DMLC_* set)")
+                   "dist_device_sync / dist_async (parameter server; start the job with tools/launch.py)")
     g.add_argument("--output-dir", help="checkpoints, metrics, log and the exported model (required to train)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output-dir (same settings)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
@@ -148,13 +160,14 @@ def layer_config(args):
     return {k: v for k, v in options.items() if v is not None}
 
 
-def run_benchmark(args, recipe, net, ctx):
+def run_benchmark(args, recipe, net, ctx, kv, rank, workers):
     size = args.image_size or (32 if args.dataset == "cifar10" else 224)
-    print(f"benchmark: {args.model} ({'binary' if args.binary else 'full-precision twin'}), {size}x{size}, "
-          f"batch {recipe.batch_size} x {len(ctx)} device(s), {recipe.optimizer}, {args.benchmark_iters} steps, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"benchmark: {args.model} ({'binary' if args.binary else 'full-precision twin'}), {size}x{size}, "
+        f"batch {recipe.batch_size} x {len(ctx)} device(s) x {workers} worker(s), {recipe.optimizer}, "
+        f"{args.benchmark_iters} steps, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
     result = training.benchmark(net, recipe, size, args.classes or 1000, iters=args.benchmark_iters, ctx=ctx,
-                                kvstore=args.kv_store, init=args.initialization, progress=args.progress)
+                                kvstore=kv, init=args.initialization, progress=args.progress and rank == 0)
     if args.dataset == "cifar10":
         epoch_images, what = 50000 - args.val_size, "CIFAR-10 epoch"
     else:
@@ -163,20 +176,22 @@ def run_benchmark(args, recipe, net, ctx):
     hours = epoch_images / result["images_per_s"] / 3600
     result.update(model=args.model, binary=args.binary, image_size=size, dataset=args.dataset,
                   epoch_images=epoch_images, epoch_h=hours)
-    print(f"{result['images_per_s']:.2f} images/s ({result['step_s']:.2f} s per step); one {what} "
-          f"({epoch_images:,} images) would take {hours:.2f} h")
-    print(json.dumps(result))
+    say(f"{result['images_per_s']:.2f} images/s ({result['step_s']:.2f} s per step); one {what} "
+        f"({epoch_images:,} images) would take {hours:.2f} h")
+    say(json.dumps(result))
 
 
-def load_data(args, batch_size):
+def load_data(args, batch_size, num_parts=1, part_index=0):
+    part = dict(num_parts=num_parts, part_index=part_index)
     if args.dataset == "cifar10":
         if args.image_size not in (None, 32):
             raise bdata.DataError("CIFAR-10 images are 32x32; drop --image-size")
         return bdata.cifar10(args.data_dir, batch_size, val_size=args.val_size, seed=args.seed,
-                             num_workers=args.num_workers or 0)
+                             num_workers=args.num_workers or 0, **part)
     workers = args.num_workers if args.num_workers is not None else min(8, os.cpu_count() or 1)
     return bdata.imagenet(args.data_dir, batch_size, image_size=args.image_size or 224, augment=args.augment,
-                          loader=args.loader, classes=args.classes or 1000, seed=args.seed, num_workers=workers)
+                          loader=args.loader, classes=args.classes or 1000, seed=args.seed, num_workers=workers,
+                          **part)
 
 
 def main(argv=None):
@@ -188,12 +203,18 @@ def main(argv=None):
         parser.error("--output-dir is required to train (checkpoints, metrics and the exported model go there)")
     try:
         ctx = training.parse_ctx(args.ctx)
+        # A parameter-server kvstore exists before the data: its rank says which part this worker reads.
+        kv = training.create_kvstore(args.kv_store)
+        rank, workers = (0, 1) if isinstance(kv, str) else (kv.rank, kv.num_workers)
+        if workers > 1:
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(logging.Formatter(f"[worker {rank}] %(message)s"))
         batch = args.batch_size or (BENCHMARK_BATCH if benchmark else TRAIN_BATCH)
         recipe = training.Recipe(optimizer=args.optimizer, lr=args.lr, lr_mode=args.lr_mode, lr_steps=args.lr_steps,
                                  lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
                                  dtype=args.dtype, seed=args.seed)
-        data = None if benchmark else load_data(args, batch)
+        data = None if benchmark else load_data(args, batch, workers, rank)
         classes = data.classes if data else (args.classes or (10 if args.dataset == "cifar10" else 1000))
         kwargs = model_kwargs(args)
         net = training.build_model(args.model, classes, binary=args.binary, clip_threshold=args.clip_threshold,
@@ -202,14 +223,14 @@ def main(argv=None):
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     if benchmark:
-        run_benchmark(args, recipe, net, ctx)
+        run_benchmark(args, recipe, net, ctx, kv, rank, workers)
         return 0
     config = dict(model=args.model, model_kwargs=kwargs, binary=args.binary, clip_threshold=args.clip_threshold,
                   layer_config=layer_config(args), dataset=args.dataset, image_size=data.preprocessing.image_size,
                   augment=data.info["augment"], loader=data.info["loader"], classes=classes, val_size=args.val_size,
                   devices=len(ctx), kv_store=args.kv_store)
     try:
-        run = training.Run(net, data, recipe, args.output_dir, config=config, ctx=ctx, kvstore=args.kv_store,
+        run = training.Run(net, data, recipe, args.output_dir, config=config, ctx=ctx, kvstore=kv,
                            resume=args.resume, init=args.initialization, progress=args.progress)
     except ValueError as err:  # ResumeError, or settings the run cannot use
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
@@ -222,6 +243,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\ninterrupted after epoch {run.epoch}; continue with the same command plus --resume", file=sys.stderr)
         return 130
+    if rank != 0:
+        return 0
     final = state["history"][-1] if state["history"] else {}
     print(json.dumps({"output_dir": args.output_dir, "epochs": state["epoch"], "val_top1": final.get("val_top1"),
                       "val_top5": final.get("val_top5"), "best": state["best"], "test": state.get("test")}))
@@ -229,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    training.exit_process(main())

@@ -194,6 +194,62 @@ def test_synthetic_batch():
     assert 0 <= y.min().asscalar() and y.max().asscalar() < 10
 
 
+# ----------------------------------------------------------------------------- parts (distributed workers)
+
+def test_gluon_parts_are_the_batches_of_one_process_with_a_larger_batch(tmp_path):
+    """3 workers with batch 4: step s of the epoch is step s of one process with batch 12."""
+    directory = write_cifar(str(tmp_path), count=60)
+    whole = data.cifar10(directory, 12, val_size=4, seed=2)
+    parts = [data.cifar10(directory, 4, val_size=4, seed=2, num_parts=3, part_index=p) for p in range(3)]
+    assert [len(p.train) for p in parts] == [len(whole.train)] * 3 == [4] * 3  # 56 images, 8 left over
+    for epoch in (0, 1):
+        got = [list(p.train.batches(epoch)) for p in parts]
+        for step, (x, y) in enumerate(whole.train.batches(epoch)):
+            np.testing.assert_array_equal(np.concatenate([g[step][0].asnumpy() for g in got]), x.asnumpy())
+            np.testing.assert_array_equal(np.concatenate([g[step][1].asnumpy() for g in got]), y.asnumpy())
+    assert (parts[1].info["num_parts"], parts[1].info["part_index"]) == (3, 1)
+    assert parts[2].val.num_images == 4  # validation is not split
+
+
+def write_numbered(path_prefix, count, size=16):
+    """Records whose label is their index."""
+    rng = np.random.RandomState(0)
+    writer = mx.recordio.MXIndexedRecordIO(path_prefix + ".idx", path_prefix + ".rec", "w")
+    for i in range(count):
+        image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+        writer.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, float(i), i, 0),
+                                             cv2.imencode(".png", image)[1].tobytes()))
+    writer.close()
+
+
+@pytest.mark.parametrize("parts", [2, 3, 4])
+def test_record_iter_parts_split_the_file_and_give_every_worker_as_many_batches(tmp_path, parts):
+    """22 records: mx.io.ImageRecordIter's parts are disjoint, the last one smaller (8, 8, 6 for 3
+    parts); every part still yields ceil((22 // parts) / 4) full batches."""
+    write_numbered(str(tmp_path / "train"), 22)
+    write_numbered(str(tmp_path / "val"), 4)
+    seen = []
+    for p in range(parts):
+        bundle = data.imagenet(str(tmp_path), 4, image_size=8, classes=22, num_workers=1, num_parts=parts,
+                               part_index=p)
+        batches = list(bundle.train.batches(0))
+        assert len(batches) == len(bundle.train) == -(-(22 // parts) // 4)
+        assert all(x.shape == (4, 3, 8, 8) for x, _ in batches)
+        seen.append(set(np.concatenate([y.asnumpy() for _, y in batches]).astype(int).tolist()))
+        assert len(list(bundle.val.batches(0))) == 1  # validation is not split
+    assert set().union(*seen) == set(range(22)) and sum(map(len, seen)) == 22
+
+
+def test_bad_parts(tmp_path):
+    directory = write_cifar(str(tmp_path), count=20)
+    with pytest.raises(ValueError, match=r"part_index must be in \[0, num_parts\)"):
+        data.cifar10(directory, 4, val_size=4, num_parts=2, part_index=2)
+    with pytest.raises(ValueError, match="part_index"):
+        data.cifar10(directory, 4, val_size=4, num_parts=0)
+    with pytest.raises(data.DataError, match="fewer than one batch of 4 for each of 5 workers"):
+        data.cifar10(directory, 4, val_size=4, num_parts=5, part_index=0)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_missing_directory_names_the_path(tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import mxnet as mx
 import numpy as np
@@ -272,11 +273,31 @@ def test_float_twin_benchmark(train_script, capsys):
     (["--model", "binary_densenet99"], "unknown model 'binary_densenet99'"),
     (["--model", "binary_resnet_e18", "--growth-rate", "8"], "growth_rate"),
     (["--ctx", "tpu"], "--ctx"),
+    (["--kv-store", "dist_sync"], "start the job with tools/launch.py"),
 ])
 def test_cli_errors_are_clear(tmp_path, train_script, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert train_script.main(argv + ["--output-dir", str(tmp_path / "out"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_distributed_kvstores_need_the_launcher(monkeypatch):
+    monkeypatch.delenv("DMLC_ROLE", raising=False)
+    with pytest.raises(ValueError, match="dist_async runs on MXNet's parameter server: start the job with"):
+        training.create_kvstore("dist_async")
+    with pytest.raises(ValueError, match="unknown distributed kvstore 'dist_fast'"):
+        training.create_kvstore("dist_fast")
+    assert training.create_kvstore("local") == "local"
+
+
+def test_run_refuses_data_not_split_for_its_workers(tmp_path):
+    """A worker of 2 must read its half of the training data (bmx.data's num_parts/part_index)."""
+    bundle = data.cifar10(write_cifar(str(tmp_path / "data"), count=24), 8, val_size=8)
+    two_workers = types.SimpleNamespace(type="dist_sync", rank=0, num_workers=2)  # what Run reads of a KVStore
+    net = training.build_model("binary_densenet28", 10, **TINY_KNOBS)
+    with pytest.raises(ValueError, match=r"read as 1 part\(s\) but the job has 2 worker\(s\)"):
+        training.Run(net, bundle, training.Recipe(batch_size=8), str(tmp_path / "run"), kvstore=two_workers)
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_cli_corrupt_record_is_named(tmp_path, train_script, capsys):
