@@ -13,14 +13,18 @@ Packed weights (:class:`PackedWeights`) keep, per output channel, one packed row
 The kernels (packing, xnor GEMM, convolution) come in three variants chosen at run time:
 ``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2`` and ``portable`` C, all giving identical results. The
 best one this CPU supports is used unless :func:`set_kernel` forces another. Each call runs on
-OpenMP threads: ``threads=None`` means the OpenMP default (``OMP_NUM_THREADS``, else one per core).
+OpenMP threads: ``threads=None`` means :func:`default_threads` (``OMP_NUM_THREADS``, else one per
+core).
 """
+import os
+
 import numpy as np
 
 from . import _xnor
 
 __all__ = ["pack", "pack_channels", "unpack", "words_for_bits", "available_kernels", "get_kernel",
-           "set_kernel", "PackedWeights", "pack_weights", "gemm", "conv2d", "bn_sign_thresholds"]
+           "set_kernel", "default_threads", "PackedWeights", "pack_weights", "gemm", "conv2d",
+           "bn_sign_thresholds"]
 
 _KERNEL_ORDER = ("avx512", "avx2", "portable")
 _KERNEL_NAMES = {kernel_id: name for name, kernel_id in _xnor.KERNELS.items()}
@@ -62,9 +66,21 @@ def _kernel_id():
     return _xnor.KERNELS[get_kernel()]
 
 
+def default_threads():
+    """Threads a kernel uses when none are given: ``OMP_NUM_THREADS`` if set, else one per usable core.
+
+    Read here instead of asking OpenMP, because importing mxnet (which ``import bmx`` does) sets the
+    main thread's OpenMP default to 1, which would silently make every kernel single-threaded.
+    """
+    setting = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if setting.isdigit() and int(setting) > 0:
+        return int(setting)
+    return len(os.sched_getaffinity(0))
+
+
 def _threads(threads):
     if threads is None:
-        return 0
+        return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     return int(threads)

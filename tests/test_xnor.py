@@ -1,4 +1,6 @@
 """bmx.xnor against plain numpy references, bit for bit, on every kernel variant this CPU runs."""
+import os
+
 import numpy as np
 import pytest
 
@@ -300,3 +302,18 @@ def test_conv2d_rejects_bad_input():
         xnor.conv2d(x, w, layout="NHWC", threshold=(np.zeros(3, np.int32), np.zeros(4, np.int32)))
     with pytest.raises(ValueError, match="-1, 0 or"):
         xnor.conv2d(x, w, layout="NHWC", threshold=(np.full(4, 2, np.int32), np.zeros(4, np.int32)))
+
+
+def test_default_threads_follow_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert xnor.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
+    assert xnor.default_threads() == 2
+
+
+def test_default_threads_use_every_usable_core_despite_mxnet(monkeypatch):
+    # import mxnet sets the main thread's OpenMP default to 1; the kernels must not inherit that.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert xnor.default_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    assert xnor.default_threads() == len(os.sched_getaffinity(0))
