@@ -112,3 +112,23 @@ def test_import_bmx_fails_clearly_in_a_fresh_process(tmp_path):
     assert lines[1].startswith("IMPORT-ERROR NativeLibraryError") and str(fake) in lines[1]
     assert "built for mxnet 1.5.0" in lines[1] and f"mxnet {mx.__version__} is installed" in lines[1]
     assert lines[2] == f"IMPORTED {real} True"
+
+
+def _op_threads_in_subprocess(omp_num_threads):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp_num_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_num_threads
+    code = ("import ctypes, bmx; "
+            "print(ctypes.CDLL(bmx._library.library_path()).bmx_op_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_native_ops_use_every_usable_core_by_default():
+    # MXNet lowers the OpenMP default of its engine threads to 1; the ops must not inherit that.
+    assert _op_threads_in_subprocess(None) == len(os.sched_getaffinity(0))
+
+
+def test_native_ops_honour_omp_num_threads():
+    assert _op_threads_in_subprocess("3") == 3

@@ -9,6 +9,7 @@
 // inputs, the forward outputs (the lib_api convention).
 
 #include <omp.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -39,6 +40,23 @@ namespace {
 
 // Below this many elements, starting a thread team costs more than it saves.
 const int64_t kParallelGrain = 1 << 15;
+
+// Threads per op: OMP_NUM_THREADS if set, else every core this process may use. Asked of the
+// environment rather than of OpenMP because MXNet runs ops on engine threads whose OpenMP default
+// it has lowered to 1 (its own ops pass an explicit count, as these do).
+int op_threads() {
+  static const int threads = [] {
+    const char* setting = std::getenv("OMP_NUM_THREADS");
+    if (setting != nullptr) {
+      int n = std::atoi(setting);
+      if (n > 0) return n;
+    }
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 0) return CPU_COUNT(&cpus);
+    return omp_get_num_procs();
+  }();
+  return threads;
+}
 
 typedef _Float16 half_t;
 
@@ -151,14 +169,14 @@ inline float round_half_up(float v) {
 // Applies f elementwise: out[i] = f(a[i], b[i]) for i < n, in parallel.
 template <typename T, typename F>
 void map2(int64_t n, const T* a, const T* b, T* out, F f) {
-#pragma omp parallel for schedule(static) if (n > kParallelGrain)
+#pragma omp parallel for schedule(static) num_threads(op_threads()) if (n > kParallelGrain)
   for (int64_t i = 0; i < n; ++i)
     out[i] = static_cast<T>(f(static_cast<float>(a[i]), static_cast<float>(b[i])));
 }
 
 template <typename T, typename F>
 void map1(int64_t n, const T* a, T* out, F f) {
-#pragma omp parallel for schedule(static) if (n > kParallelGrain)
+#pragma omp parallel for schedule(static) num_threads(op_threads()) if (n > kParallelGrain)
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(f(static_cast<float>(a[i])));
 }
 
@@ -284,7 +302,8 @@ MXReturnValue quantize_act_backward(const Attrs& attrs, std::vector<MXTensor>* i
 template <typename T>
 float max_abs_tanh(int64_t n, const T* w) {
   float m = 0.0f;
-#pragma omp parallel for schedule(static) reduction(max : m) if (n > kParallelGrain)
+#pragma omp parallel for schedule(static) num_threads(op_threads()) reduction(max : m) \
+    if (n > kParallelGrain)
   for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(std::tanh(static_cast<float>(w[i]))));
   return std::max(m, 1e-12f);
 }
@@ -319,6 +338,9 @@ MXReturnValue quantize_weight_backward(const Attrs& attrs, std::vector<MXTensor>
 }
 
 }  // namespace
+
+// The thread count the ops use, for the tests (ctypes).
+extern "C" int bmx_op_threads() { return op_threads(); }
 
 REGISTER_OP(bmx_det_sign)
     .setParseAttrs(parse_sign)
