@@ -92,7 +92,7 @@ def _straight_through(F, value, surrogate):
     return value + (surrogate - F.BlockGrad(surrogate))
 
 
-def _sign_value(F, x):
+def _sign_value(x):
     return 2 * (x >= 0) - 1
 
 
@@ -127,7 +127,7 @@ def det_sign(x, clip_threshold=1.0, zero_one=False):
     passed = _inside(F, x, F.abs(x) <= clip_threshold)
     if zero_one:
         return _straight_through(F, x >= 0, 0.5 * passed)
-    return _straight_through(F, _sign_value(F, x), passed)
+    return _straight_through(F, _sign_value(x), passed)
 
 
 def approx_sign(x, zero_one=False):
@@ -147,7 +147,7 @@ def approx_sign(x, zero_one=False):
     surrogate = c * (2 - F.abs(c))
     if zero_one:
         return _straight_through(F, x >= 0, 0.5 * surrogate)
-    return _straight_through(F, _sign_value(F, x), surrogate)
+    return _straight_through(F, _sign_value(x), surrogate)
 
 
 def weight_sign(x):
@@ -167,7 +167,7 @@ def weight_sign(x):
     F, backend = _module_and_backend(x)
     if backend == "native":
         return F.bmx_weight_sign(x)
-    return _straight_through(F, _sign_value(F, x), x)
+    return _straight_through(F, _sign_value(x), x)
 
 
 def quantize_activation(x, bits):

@@ -3,7 +3,7 @@ from mxnet.gluon import HybridBlock
 
 from .activation import QActivation
 from .conv import QConv2D, _pair
-from ._common import resolve_for
+from ._common import is_ndarray, resolve_for
 
 
 class BinaryConvolution(HybridBlock):
@@ -39,10 +39,10 @@ class BinaryConvolution(HybridBlock):
                                  weight_initializer=weight_initializer, input_zero_one=zero_one)
 
     def forward(self, x, *args):
-        if hasattr(x, "ndim") and x.ndim != 4:
+        if is_ndarray(x) and x.ndim != 4:
             raise ValueError(f"BinaryConvolution '{self.name}' expects a 4-D NCHW input, got shape {x.shape}")
         in_channels = self.qconv.in_channels
-        if hasattr(x, "ndim") and in_channels and x.shape[1] != in_channels:
+        if is_ndarray(x) and in_channels and x.shape[1] != in_channels:
             raise ValueError(f"BinaryConvolution '{self.name}' expects {in_channels} input channels, "
                              f"got shape {x.shape}")
         return super().forward(x, *args)
