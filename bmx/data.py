@@ -57,6 +57,8 @@ import numpy as np
 from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
 from mxnet.gluon.data.vision import ImageFolderDataset
 
+from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
+
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
            "evaluation_split", "check_recordio", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",
            "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS"]
@@ -256,30 +258,17 @@ def _flip(image):
     return image[:, ::-1] if random.random() < 0.5 else image
 
 
-def _resize(image, width, height):
-    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _resize_short(image, side):
+def _random_crop(image, size):
     h, w = image.shape[:2]
-    scale = side / min(h, w)
-    return _resize(image, max(side, int(round(w * scale))), max(side, int(round(h * scale))))
-
-
-def _crop(image, top, left, size):
+    top, left = random.randint(0, h - size), random.randint(0, w - size)
     return image[top:top + size, left:left + size]
 
 
-def _random_crop(image, size):
-    h, w = image.shape[:2]
-    return _crop(image, random.randint(0, h - size), random.randint(0, w - size), size)
-
-
 def _center_crop(image, size):
-    h, w = image.shape[:2]
-    if min(h, w) < size:
-        raise DataError(f"an image of {h}x{w} pixels is smaller than the {size}x{size} input")
-    return _crop(image, (h - size) // 2, (w - size) // 2, size)
+    try:
+        return center_crop(image, size)
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 def _resized_crop(size, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
@@ -294,15 +283,15 @@ def _resized_crop(size, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
             bw, bh = int(round(math.sqrt(box_area * ratio))), int(round(math.sqrt(box_area / ratio)))
             if 0 < bw <= w and 0 < bh <= h:
                 top, left = random.randint(0, h - bh), random.randint(0, w - bw)
-                return _flip(_resize(image[top:top + bh, left:left + bw], size, size))
+                return _flip(resize(image[top:top + bh, left:left + bw], size, size))
         # No box fitted (extreme aspect ratio): the whole image, squeezed.
-        return _flip(_resize(image, size, size))
+        return _flip(resize(image, size, size))
     return augment
 
 
 def _resize_then_crop(size):
     def augment(image):
-        return _flip(_random_crop(_resize_short(image, eval_resize(size)), size))
+        return _flip(_random_crop(resize_short(image, eval_resize(size)), size))
     return augment
 
 
@@ -313,9 +302,9 @@ def _pad_crop(size, pad):
     return augment
 
 
-def _center(size, resize):
+def _center(size, side):
     def transform(image):
-        return _center_crop(_resize_short(image, resize) if resize else image, size)
+        return _center_crop(resize_short(image, side) if side else image, size)
     return transform
 
 
@@ -589,7 +578,8 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_part
         check_recordio(test_rec, test_idx)
         test = _GluonSplit("test", _RecordImages(test_rec, test_idx), None, _center(32, 0), shuffle=False,
                            description=test_rec, **make)
-    info = dict(dataset="cifar10", data_dir=os.path.abspath(data_dir), layout="recordio", loader="gluon",
+    info = dict(dataset="cifar10", class_names=list(CIFAR10_CLASSES), data_dir=os.path.abspath(data_dir),
+                layout="recordio", loader="gluon",
                 val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop", num_parts=num_parts,
                 part_index=part_index)
     return DataBundle(train, val, test, 10, prep, info)

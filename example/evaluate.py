@@ -4,10 +4,12 @@
     python example/evaluate.py --model-dir runs/bdn28 --data ~/imagenet/val.rec
     python example/evaluate.py --model-dir runs/bdn28 --data ~/imagenet/val          # image folders
     python example/evaluate.py --model-dir runs/c10 --data DIR/train.rec --holdout   # CIFAR-10 hold-out
+    python example/evaluate.py --packed example/pretrained/bdn28-cifar10 --data DIR/train.rec --holdout
 
 The model is OUT/model-symbol.json + OUT/model-0000.params (loaded with bmx.imports); OUT/model.json
 gives its preprocessing (input size, resize, mean/std), which is applied to every image: shorter
-side resized, center crop, normalization.
+side resized, center crop, normalization. ``--packed DIR`` evaluates a bit-packed model made by
+tools/binarize_model.py instead, run by bmx.runtime (the xnor-popcount kernels, not MXNet).
 """
 import argparse
 import json
@@ -39,24 +41,51 @@ def load_model_dir(model_dir, ctx):
     return net, meta
 
 
+class PackedNet:
+    """A bmx.runtime model called like a Gluon block (NDArray in, NDArray out) by training.evaluate."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        return mx.nd.array(self.model(x.asnumpy()), dtype="float32")
+
+
+def load_packed(model_dir, threads=None):
+    from bmx import runtime
+
+    model = runtime.load(model_dir, threads=threads)
+    if "preprocessing" not in model.meta or "classes" not in model.meta:
+        raise bmx.ModelFileError(f"{model_dir}/model.json lacks the preprocessing and classes of the model it was "
+                                 "packed from (pack the output directory of example/train_imagenet.py)")
+    return PackedNet(model), model.meta
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True, help="output directory of train_imagenet.py")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-dir", help="output directory of train_imagenet.py")
+    which.add_argument("--packed", metavar="DIR", help="a packed model directory (tools/binarize_model.py --output)")
     p.add_argument("--data", required=True, help="a .rec file (its .idx beside it) or a directory of class folders")
     p.add_argument("--holdout", action="store_true",
                    help="evaluate only the records the run held out for validation (CIFAR-10 train.rec)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--ctx", default="cpu", help="cpu or gpu:0,1,...")
     p.add_argument("--num-workers", type=int, default=0, help="decoding processes (0: in this process)")
+    p.add_argument("--threads", type=int, help="--packed: threads of the binary kernels (default: all cores)")
     args = p.parse_args(argv)
     try:
         ctx = training.parse_ctx(args.ctx)
-        net, meta = load_model_dir(args.model_dir, ctx)
+        if args.packed:
+            net, meta = load_packed(args.packed, args.threads)
+        else:
+            net, meta = load_model_dir(args.model_dir, ctx)
         indices = None
         if args.holdout:
             val_size = meta["data"].get("val_size")
             if not val_size:
-                raise ValueError(f"{args.model_dir} was not trained with a hold-out (no val_size in model.json)")
+                raise ValueError(f"{args.packed or args.model_dir} was not trained with a hold-out "
+                                 "(no val_size in model.json)")
             total = bdata.check_recordio(args.data)
             indices = bdata.heldout_indices(total, val_size, meta["data"]["split_seed"])
         prep = bdata.Preprocessing.from_dict(meta["preprocessing"])
@@ -66,7 +95,8 @@ def main(argv=None):
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(dict(top1=scores["top1"], top5=scores["top5"], loss=scores["loss"], images=scores["images"],
-                          model_dir=args.model_dir, data=args.data, holdout=args.holdout)))
+                          model_dir=args.packed or args.model_dir, packed=bool(args.packed), data=args.data,
+                          holdout=args.holdout)))
     return 0
 
 

@@ -5,6 +5,7 @@
     python example/reproduce.py --table later --dry-run                  # print the commands
     python example/reproduce.py --table later --data-dir ~/imagenet      # run them, then write the results
     python example/reproduce.py --table all --markdown                   # the tables of docs/reproduce.md
+    python example/reproduce.py --table cifar10 --data-dir DIR           # CIFAR-10: main result + ablations
 
 Each row is one train_imagenet.py run in RUNS/<run name> (default RUNS = runs). Running a table
 executes its rows in order; a finished row is skipped and an interrupted one is resumed (the same
@@ -15,6 +16,10 @@ top-1/top-5 and the model size from bmx.summary. Rows shared between tables are 
 --ctx and --batch-size (per device) set the hardware; the published runs used a total batch of
 64-256 (default here: 4 GPUs x 64 = 256). --extra appends flags to every command (they override
 earlier ones), e.g. --extra "--epochs 1" for a smoke test.
+
+The ``cifar10`` table (example/cifar10_table.py) is different: real CIFAR-10 runs sized for a 2-core
+CPU (fixed epoch budgets, RUNS/cifar10/<run>), which then pack the main model into
+example/pretrained/ and write docs/results/cifar10.md, .csv and accuracy-curve plots.
 """
 import argparse
 import collections
@@ -24,6 +29,8 @@ import os
 import shlex
 import subprocess
 import sys
+
+import cifar10_table
 
 TRAIN = "example/train_imagenet.py"  # as shown (run from the repository root); executed by absolute path
 
@@ -221,7 +228,8 @@ def run_table(name, args, extra):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", choices=list(TABLES) + ["all"], help="which table ('all': every one)")
+    p.add_argument("--table", choices=list(TABLES) + ["all", "cifar10"],
+                   help="which ImageNet table ('all': every one), or cifar10")
     p.add_argument("--list", action="store_true", help="list the tables and their rows")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     p.add_argument("--markdown", action="store_true", help="print the tables with sizes and commands as markdown")
@@ -236,9 +244,15 @@ def main(argv=None):
             print(f"{name}: {title}")
             for r in rows:
                 print(f"    {r.label}  ({run_name(r)}; published {_pct(r.top1)} / {_pct(r.top5)})")
+        for group in cifar10_table.GROUPS:
+            print(f"cifar10 / {group.key}: {group.title}")
+            for r in group.runs:
+                print(f"    {r.label}  (cifar10/{r.name}; {r.epochs} epochs)")
         return 0
     if not args.table:
         p.error("--table is required (or --list)")
+    if args.table == "cifar10":
+        return _cifar10(p, args)
     names = list(TABLES) if args.table == "all" else [args.table]
     extra = shlex.split(args.extra)
     if args.markdown:
@@ -257,6 +271,21 @@ def main(argv=None):
         code = run_table(name, args, extra)
         if code:
             return code
+    return 0
+
+
+def _cifar10(p, args):
+    data_dir = "$CIFAR10" if args.data_dir == "$IMAGENET" else args.data_dir
+    extra = shlex.split(args.extra)
+    if args.markdown:
+        print(cifar10_table.commands_markdown(data_dir, args.runs_dir))
+    elif args.dry_run:
+        cifar10_table.dry_run(data_dir, args.runs_dir, extra)
+    elif data_dir == "$CIFAR10":
+        p.error("--data-dir (the directory of CIFAR-10's train.rec and train.idx) is required to run the table")
+    else:
+        args.data_dir = data_dir
+        return cifar10_table.run(args, extra)
     return 0
 
 

@@ -56,6 +56,7 @@ TRAIN_BATCH = 64
 KNOBS = {  # get_model keyword -> value type; passed to the model family unchanged
     "growth_rate": int, "init_features": int, "layers": "ints", "reduction": "floats",
     "transition_channels": "ints", "dilation": "ints", "channels": "ints", "downsample": str,
+    "bottleneck": int,
 }
 
 

@@ -4,12 +4,19 @@ The references are written from the documented math (bmx/quantizers.py and bmx/n
 not from bmx's code: sign(0) = +1, rounding halves away from zero, explicit padding with the
 pad value, a direct strided/dilated/grouped convolution.
 """
+import os
+import sys
+
 import mxnet as mx
 import numpy as np
 import pytest
 
 import bmx  # noqa: F401  (loads the operator library)
 from bmx import quantizers
+
+# The example scripts import their sibling modules (reproduce.py imports cifar10_table.py), as they do
+# when run as scripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example"))
 
 F32 = np.float32
 

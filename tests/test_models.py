@@ -11,6 +11,7 @@ from bmx.models.densenet import DenseLayer, transition_width
 from bmx.models.meliusnet import ImprovementLayer
 from bmx.models.resnet_e import ResidualUnit
 from bmx.nn import BinaryConvolution, QConv2D, QDense
+from conftest import pad_nchw, ref_conv2d
 
 ISSUE_NAMES = {
     "binary_densenet28", "binary_densenet37", "binary_densenet37_dilated", "binary_densenet45",
@@ -263,6 +264,53 @@ def test_dense_layer_concatenates_its_input():
     y = layer(x)
     assert y.shape == (2, 24, 5, 5)
     np.testing.assert_array_equal(y[:, :16].asnumpy(), x.asnumpy())
+
+
+def _bn_inference(x, bn):
+    g, b, m, v = (bn.params.get(k).data().asnumpy().astype(np.float64)
+                  for k in ("gamma", "beta", "running_mean", "running_var"))
+    shape = (1, -1, 1, 1)
+    return (x - m.reshape(shape)) / np.sqrt(v.reshape(shape) + 1e-5) * g.reshape(shape) + b.reshape(shape)
+
+
+def _np_sign(x):
+    return np.where(x >= 0, 1.0, -1.0)
+
+
+def test_dense_layer_bottleneck_matches_numpy():
+    layer = DenseLayer(16, 8, bottleneck=2, prefix="d_")
+    layer.initialize(mx.init.Xavier())
+    rng = np.random.RandomState(3)
+    for bn in (layer.bn, layer.bottleneck[1]):
+        for name in ("gamma", "beta", "running_mean", "running_var"):
+            p = bn.params.get(name)
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape) if name in ("gamma", "running_var")
+                                   else rng.uniform(-0.3, 0.3, p.shape)))
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    y = layer(mx.nd.array(x)).asnumpy()
+    w1 = _np_sign(layer.bottleneck[0].qconv.weight.data().asnumpy())
+    w3 = _np_sign(layer.conv.qconv.weight.data().asnumpy())
+    assert w1.shape == (16, 16, 1, 1) and w3.shape == (8, 16, 3, 3)
+    h = ref_conv2d(_np_sign(_bn_inference(x, layer.bn)), w1, (1, 1), (1, 1), 1)
+    h = _bn_inference(h, layer.bottleneck[1])
+    new = ref_conv2d(pad_nchw(_np_sign(h), (1, 1), -1.0), w3, (1, 1), (1, 1), 1)
+    assert y.shape == (2, 24, 6, 6)
+    np.testing.assert_array_equal(y[:, :16], x)
+    np.testing.assert_allclose(y[:, 16:], new, rtol=0, atol=1e-4)
+
+
+def test_bottleneck_knob_builds_densenet_bc_layers():
+    plain = get_model("binary_densenet28", stem="cifar", classes=10)
+    bc = get_model("binary_densenet28", stem="cifar", classes=10, bottleneck=4)
+    assert len(bmx.nn.quantized_layers(bc)) == len(bmx.nn.quantized_layers(plain)) + 23
+    twin = get_model("binary_densenet28", stem="cifar", classes=10, bottleneck=4, binary=False)
+    assert param_shapes(twin) == param_shapes(bc)
+    bc.initialize()
+    assert bc(image(32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="bottleneck"):
+        get_model("binary_densenet28", bottleneck=-1)
+    with pytest.raises(ValueError, match="bottleneck"):
+        get_model("meliusnet22", bottleneck=2)
 
 
 def test_improvement_layer_adds_to_the_last_channels_only():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import bmx
-from bmx import data, training
+from bmx import convert, data, training
 from test_data import write_cifar, write_imagenet_folders, write_imagenet_recordio, write_recordio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +118,16 @@ def test_cifar_test_split_and_holdout_evaluation(tmp_path, train_script, evaluat
     assert result["top1"] == pytest.approx(float(final["val_top1"]), abs=1e-6)
     assert evaluate_script.main(["--model-dir", out, "--data", os.path.join(directory, "test.rec")]) == 0
     assert read_json_line(capsys.readouterr().out)["top1"] == pytest.approx(summary["test"]["top1"], abs=1e-6)
+    # the bit-packed model (bmx.runtime) scores the same hold-out images like the MXNet model
+    packed = str(tmp_path / "packed")
+    convert.binarize(out, packed, verify=True)
+    assert evaluate_script.main(["--packed", packed, "--data", os.path.join(directory, "train.rec"), "--holdout",
+                                 "--threads", "1"]) == 0
+    result_packed = read_json_line(capsys.readouterr().out)
+    assert result_packed["packed"] and result_packed["images"] == 16
+    # a sign right at a rounding boundary may differ between the runtime and MXNet: allow one image
+    assert result_packed["top1"] == pytest.approx(result["top1"], abs=1 / 16 + 1e-9)
+    assert result_packed["loss"] == pytest.approx(result["loss"], rel=0.05)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -317,6 +327,8 @@ def test_training_needs_an_output_dir(tmp_path, train_script):
 def test_evaluate_errors(tmp_path, evaluate_script, capsys):
     assert evaluate_script.main(["--model-dir", str(tmp_path), "--data", "x.rec"]) == 2
     assert "model.json: not found" in capsys.readouterr().err
+    assert evaluate_script.main(["--packed", str(tmp_path / "nothing"), "--data", "x.rec"]) == 2
+    assert "nothing" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- reproduce.py

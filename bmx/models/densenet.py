@@ -22,19 +22,37 @@ def transition_width(channels, reduction):
 class DenseLayer(HybridBlock):
     """BN -> sign -> binary 3x3 conv to ``growth_rate`` channels, concatenated to the input.
 
-    No bottleneck: a binary 1x1 bottleneck would squeeze the features through few binary
-    channels, which costs accuracy. Output channels: ``in_channels + growth_rate``.
+    By default there is no bottleneck: a binary 1x1 bottleneck squeezes the features through few
+    binary channels, which costs accuracy (the paper's ablation). ``bottleneck=k`` (k >= 1) adds
+    one anyway, as in DenseNet-BC, for that ablation: BN -> sign -> binary 1x1 conv to
+    ``k * growth_rate`` channels, then BN -> sign -> binary 3x3 conv (ReLU and float convs in the
+    twin). Output channels: ``in_channels + growth_rate``.
     """
 
-    def __init__(self, in_channels, growth_rate, dilation=1, binary=True, clip_threshold=None, **kwargs):
+    def __init__(self, in_channels, growth_rate, dilation=1, binary=True, clip_threshold=None, bottleneck=0,
+                 **kwargs):
         super().__init__(**kwargs)
+        if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 0:
+            raise ValueError(f"DenseLayer '{self.prefix}': bottleneck must be an int >= 0 (0: none), "
+                             f"got {bottleneck!r}")
+        options = dict(binary=binary, clip_threshold=clip_threshold)
         with self.name_scope():
             self.bn = nn.BatchNorm(in_channels=in_channels, prefix="bn_")
-            self.conv = activated_conv(growth_rate, in_channels, 3, padding=dilation, dilation=dilation,
-                                       binary=binary, clip_threshold=clip_threshold, prefix="conv_")
+            self.bottleneck = None
+            conv_in = in_channels
+            if bottleneck:
+                conv_in = bottleneck * growth_rate
+                self.bottleneck = nn.HybridSequential(prefix="")
+                self.bottleneck.add(activated_conv(conv_in, in_channels, 1, prefix="bottleneck_", **options))
+                self.bottleneck.add(nn.BatchNorm(in_channels=conv_in, prefix="bottleneck_bn_"))
+            self.conv = activated_conv(growth_rate, conv_in, 3, padding=dilation, dilation=dilation,
+                                       prefix="conv_", **options)
 
     def hybrid_forward(self, F, x):
-        return F.concat(x, self.conv(self.bn(x)), dim=1)
+        y = self.bn(x)
+        if self.bottleneck is not None:
+            y = self.bottleneck(y)
+        return F.concat(x, self.conv(y), dim=1)
 
 
 class BinaryDenseNet(HybridBlock):
@@ -70,6 +88,8 @@ class BinaryDenseNet(HybridBlock):
             standard pre-activation (BN -> ReLU -> conv) DenseNet without bottlenecks.
         clip_threshold: t_clip of the binary convs' sign; None takes it from
             :func:`bmx.binary_layer_config` (as do the weight/activation bits).
+        bottleneck: 0 (the published models) or k >= 1 for a 1x1 bottleneck of
+            ``k * growth_rate`` channels in every dense layer (see :class:`DenseLayer`).
 
     Attributes:
         stage_channels: channels after each stage; ``num_features`` is the last one.
@@ -79,7 +99,7 @@ class BinaryDenseNet(HybridBlock):
 
     def __init__(self, layers, growth_rate=64, init_features=64, reduction=None, transition_channels=None,
                  downsample="bn,max_pool,relu,fp_conv", dilation=None, stem="imagenet", classes=1000,
-                 binary=True, clip_threshold=None, **kwargs):
+                 binary=True, clip_threshold=None, bottleneck=0, **kwargs):
         super().__init__(**kwargs)
         name = type(self).__name__
         n = len(tuple(layers))
@@ -95,6 +115,7 @@ class BinaryDenseNet(HybridBlock):
         self.growth_rate = growth_rate
         self.binary = binary
         self._clip_threshold = clip_threshold
+        self._bottleneck = bottleneck
         self.stage_channels = []
         with self.name_scope():
             self.features = nn.HybridSequential(prefix="")
@@ -124,7 +145,8 @@ class BinaryDenseNet(HybridBlock):
     def _add_unit(self, stage, channels, index, dilation):
         """Adds one repeated unit to ``stage``; returns the channels after it."""
         stage.add(DenseLayer(channels, self.growth_rate, dilation, binary=self.binary,
-                             clip_threshold=self._clip_threshold, prefix=f"layer{index}_"))
+                             clip_threshold=self._clip_threshold, bottleneck=self._bottleneck,
+                             prefix=f"layer{index}_"))
         return channels + self.growth_rate
 
     def hybrid_forward(self, F, x):

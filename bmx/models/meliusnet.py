@@ -47,6 +47,11 @@ class MeliusNet(BinaryDenseNet):
     Arguments are :class:`BinaryDenseNet`'s (``growth_rate`` is also the improved width).
     """
 
+    def __init__(self, *args, bottleneck=0, **kwargs):
+        if bottleneck:
+            raise ValueError(f"MeliusNet has no bottleneck option (got bottleneck={bottleneck!r})")
+        super().__init__(*args, **kwargs)
+
     def _add_unit(self, stage, channels, index, dilation):
         options = dict(binary=self.binary, clip_threshold=self._clip_threshold)
         stage.add(DenseLayer(channels, self.growth_rate, dilation, prefix=f"layer{index}_", **options))

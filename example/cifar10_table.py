@@ -1,0 +1,282 @@
+"""The CIFAR-10 table: BinaryDenseNet-28 and its twin, and the paper's ablations, on real data.
+
+Used by ``example/reproduce.py --table cifar10``. Every run is one ``train_imagenet.py`` job on the
+CIFAR-10 training split with 5,000 images held out (fixed seed) for validation; all runs share the
+recipe below and differ only in what their group compares. Budgets are fixed numbers of epochs,
+chosen so that each run fits its group's time limit on the 2-core machine this table was made on
+(120 minutes for the main pair, 30 minutes per ablation run); the measured training minutes are
+part of the results.
+
+After the main binary run has finished, its exported model is packed with
+``tools/binarize_model.py`` into ``example/pretrained/`` and the packed model is evaluated on the
+held-out images with ``example/evaluate.py --packed``.
+"""
+import collections
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# The recipe of REFERENCE.md's later ImageNet runs (RAdam, cosine decay to 0, t_clip 1.3) with the
+# CIFAR stem (a stride-2 3x3 conv) and the usual CIFAR augmentation (pad 4, random crop, flip).
+RECIPE = ("--dataset", "cifar10", "--stem", "cifar", "--optimizer", "radam", "--lr", "0.002", "--lr-mode", "cosine",
+          "--batch-size", "64", "--num-workers", "1")
+
+Run = collections.namedtuple("Run", "name label model flags epochs")
+Group = collections.namedtuple("Group", "key title minutes runs question")
+
+# BinaryDenseNet-28's layout at half width: a quarter of the compute, so an ablation run gets 8
+# epochs inside its 30 minutes.
+_HALF = ("--growth-rate", "32", "--init-features", "32")
+_CLIP_BASE = Run("bdn28h-clip1.3", "t_clip = 1.3", "binary_densenet28", _HALF + ("--clip-threshold", "1.3"), 8)
+# The poster's block patterns with the growth rates halved (its 16 x 128 is 16 x 64 here).
+_P16 = Run("poster-16x64", "16 x 64, binary downsampling", "bdn_poster_16x128", ("--growth-rate", "64"), 8)
+
+GROUPS = (
+    Group("main", "BinaryDenseNet-28 (cifar stem) and its full-precision twin", 120, (
+        Run("bdn28-binary", "BinaryDenseNet-28, binary", "binary_densenet28", ("--clip-threshold", "1.3"), 12),
+        Run("bdn28-float", "BinaryDenseNet-28, full-precision twin", "binary_densenet28", ("--float",), 12),
+    ), "How close does the binary network come to its float twin with the same budget?"),
+    Group("clip", "Gradient clipping threshold t_clip of the sign's straight-through estimator "
+          "(BinaryDenseNet-28 at half width)", 30, (
+        Run("bdn28h-clip0.5", "t_clip = 0.5", "binary_densenet28", _HALF + ("--clip-threshold", "0.5"), 8),
+        Run("bdn28h-clip1.0", "t_clip = 1.0", "binary_densenet28", _HALF + ("--clip-threshold", "1.0"), 8),
+        _CLIP_BASE,
+        Run("bdn28h-clip2.0", "t_clip = 2.0", "binary_densenet28", _HALF + ("--clip-threshold", "2.0"), 8),
+        Run("bdn28h-clip1.3-seed1", "t_clip = 1.3, second seed (noise estimate)", "binary_densenet28",
+            _HALF + ("--clip-threshold", "1.3", "--seed", "1"), 8),
+    ), "Paper: t_clip = 1.3 works best on ImageNet; 0.5 clips too many gradients."),
+    Group("downsampling", "Binary vs full-precision downsampling (the poster's transitions, growth halved)", 30, (
+        _P16,
+        Run("poster-16x64-fpds", "16 x 64, full-precision downsampling", "bdn_poster_16x128_fpds",
+            ("--growth-rate", "64"), 8),
+    ), "Paper: full-precision transitions (with ReLU) gain about 3 points at a small size cost."),
+    Group("connections", "More, smaller dense blocks: 8 x 128 vs 16 x 64 vs 32 x 32 (the poster's 8x256 / "
+          "16x128 / 32x64 with growth halved)", 30, (
+        Run("poster-8x128", "8 x 128", "bdn_poster_8x256", ("--growth-rate", "128"), 8),
+        _P16._replace(label="16 x 64"),
+        Run("poster-32x32", "32 x 32", "bdn_poster_32x64", ("--growth-rate", "32"), 8),
+    ), "Paper: more connections (more, narrower layers) are better: 50.2 / 52.7 / 54.3 top-1 on ImageNet."),
+    Group("bottleneck", "Bottleneck vs none (BinaryDenseNet-28 at half width; 1x1 binary bottleneck of "
+          "4 x growth channels)", 30, (
+        _CLIP_BASE._replace(label="no bottleneck"),
+        Run("bdn28h-bottleneck", "bottleneck 4 x growth", "binary_densenet28",
+            _HALF + ("--clip-threshold", "1.3", "--bottleneck", "4"), 8),
+    ), "Paper: a binary bottleneck squeezes information through few binary channels and costs accuracy."),
+)
+
+PRETRAINED = os.path.join("example", "pretrained", "bdn28-cifar10")
+RESULTS = os.path.join("docs", "results")
+
+
+def unique_runs():
+    """Every run once, in table order (groups share some runs)."""
+    seen = {}
+    for group in GROUPS:
+        for r in group.runs:
+            seen.setdefault(r.name, r)
+    return list(seen.values())
+
+
+def command(r, data_dir, runs_dir, extra=()):
+    """The train_imagenet.py command of run ``r`` (as shown: relative to the repository root)."""
+    return (["python", "example/train_imagenet.py", "--model", r.model, *RECIPE, *r.flags, "--epochs", str(r.epochs),
+             "--data-dir", data_dir, "--output-dir", os.path.join(runs_dir, "cifar10", r.name), *extra])
+
+
+def pack_commands(data_dir, runs_dir):
+    run = os.path.join(runs_dir, "cifar10", "bdn28-binary")
+    return [["python", "tools/binarize_model.py", run, "--output", PRETRAINED, "--verify", "--force"],
+            ["python", "example/evaluate.py", "--packed", PRETRAINED, "--data", os.path.join(data_dir, "train.rec"),
+             "--holdout"]]
+
+
+def shell(cmd):
+    return " ".join(a if a.startswith("$") else shlex.quote(a) for a in cmd)
+
+
+def read_state(run_dir):
+    try:
+        with open(os.path.join(run_dir, "state.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _absolute(cmd):
+    """A shown command made runnable from anywhere: this interpreter, scripts by absolute path."""
+    return [sys.executable, os.path.join(ROOT, cmd[1]), *cmd[2:]]
+
+
+def run(args, extra=()):
+    """Trains every run not finished yet (resuming interrupted ones), packs the main model, writes results.
+
+    Paths in ``args`` may be relative to the current directory; the work happens in the repository root.
+    """
+    args.runs_dir, args.data_dir = os.path.abspath(args.runs_dir), os.path.abspath(args.data_dir)
+    os.chdir(ROOT)
+    for r in unique_runs():
+        run_dir = os.path.join(args.runs_dir, "cifar10", r.name)
+        state = read_state(run_dir)
+        if state and state.get("finished"):
+            print(f"[cifar10] {r.name}: finished, skipped", flush=True)
+            continue
+        cmd = _absolute(command(r, args.data_dir, args.runs_dir, extra)) + (["--resume"] if state else [])
+        print(f"[cifar10] {r.name}: {shell(cmd)}", flush=True)
+        code = subprocess.call(cmd)
+        write_results(args.runs_dir)
+        if code:
+            print(f"[cifar10] {r.name}: train_imagenet.py exited with {code}; rerun to resume", file=sys.stderr)
+            return code
+    code = pack_and_evaluate(args.data_dir, args.runs_dir)
+    write_results(args.runs_dir)
+    return code
+
+
+def pack_and_evaluate(data_dir, runs_dir):
+    """Packs the main binary model into example/pretrained/ and records its held-out accuracy."""
+    binarize, evaluate = (_absolute(c) for c in pack_commands(data_dir, runs_dir))
+    print(f"[cifar10] packing: {shell(binarize)}", flush=True)
+    code = subprocess.call(binarize)
+    if code:
+        return code
+    print(f"[cifar10] evaluating the packed model: {shell(evaluate)}", flush=True)
+    result = subprocess.run(evaluate, stdout=subprocess.PIPE, text=True)
+    if result.returncode:
+        return result.returncode
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "cifar10-packed.json"), "w") as f:
+        f.write(result.stdout)
+    return 0
+
+
+def summarize(r, runs_dir):
+    """One results record of run ``r`` from its state.json (None values for a run not started)."""
+    state = read_state(os.path.join(runs_dir, "cifar10", r.name)) or {}
+    history = state.get("history", [])
+    tops = [h["val_top1"] for h in history if h.get("val_top1") is not None]
+    speeds = sorted(h["images_per_s"] for h in history)
+    return dict(run=r.name, label=r.label, model=r.model, flags=" ".join(r.flags), epochs_budget=r.epochs,
+                epochs_done=len(history), finished=bool(state.get("finished")),
+                final_top1=round(100 * tops[-1], 2) if tops else None,
+                best_top1=round(100 * max(tops), 2) if tops else None,
+                train_minutes=round(sum(h["time_s"] for h in history) / 60, 1) if history else None,
+                median_images_per_s=round(speeds[len(speeds) // 2], 1) if speeds else None,
+                size_mb=round(_size_mb(r), 3), curve=[h.get("val_top1") for h in history])
+
+
+def _size_mb(r):
+    """Model size by bmx.summary (1 bit per binary weight) at 32x32 with 10 classes."""
+    import bmx
+    from bmx import training
+
+    knobs, flags = {"stem": "cifar"}, list(r.flags)
+    for flag, key, kind in (("--growth-rate", "growth_rate", int), ("--init-features", "init_features", int),
+                            ("--bottleneck", "bottleneck", int)):
+        if flag in flags:
+            knobs[key] = kind(flags[flags.index(flag) + 1])
+    net = training.build_model(r.model, 10, binary="--float" not in flags, **knobs)
+    return bmx.summary(net, (1, 3, 32, 32), show=False).size_mb
+
+
+def write_results(runs_dir):
+    """docs/results/cifar10.csv, cifar10.md and one accuracy-curve PNG per group."""
+    os.makedirs(RESULTS, exist_ok=True)
+    records = {r.name: summarize(r, runs_dir) for r in unique_runs()}
+    fields = [k for k in next(iter(records.values())) if k != "curve"]
+    csv_path = os.path.join(RESULTS, "cifar10.csv")
+    with open(csv_path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["group"] + fields)
+        writer.writeheader()
+        for group in GROUPS:
+            for r in group.runs:
+                row = {k: v for k, v in records[r.name].items() if k != "curve"}
+                writer.writerow(dict(row, group=group.key, label=r.label))
+    os.replace(csv_path + ".tmp", csv_path)
+    for group in GROUPS:
+        _plot(group, records, os.path.join(RESULTS, f"cifar10-{group.key}.png"))
+    md_path = os.path.join(RESULTS, "cifar10.md")
+    with open(md_path + ".tmp", "w") as f:
+        f.write(markdown(records, runs_dir))
+    os.replace(md_path + ".tmp", md_path)
+    return csv_path
+
+
+def _fmt(value, suffix=""):
+    return "-" if value is None else f"{value}{suffix}"
+
+
+def markdown(records, runs_dir):
+    lines = ["# CIFAR-10: BinaryDenseNet-28 and the paper's ablations", "",
+             "Written by `python example/reproduce.py --table cifar10 --data-dir DIR` (see docs/reproduce.md). "
+             "Validation: 5,000 images of the CIFAR-10 training split held out with a fixed seed, never trained "
+             "on. Recipe for every run: " + f"`{' '.join(RECIPE)}`, one seed unless stated.", ""]
+    packed = os.path.join(RESULTS, "cifar10-packed.json")
+    for group in GROUPS:
+        lines += [f"## {group.title}", "", f"Budget: at most {group.minutes} minutes per run; {group.question}", "",
+                  f"![validation accuracy](cifar10-{group.key}.png)", "",
+                  "| run | flags | epochs | minutes (incl. validation) | img/s | size MB | best val top-1 % | final val top-1 % |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in group.runs:
+            rec = records[r.name]
+            done = f"{rec['epochs_done']}/{rec['epochs_budget']}"
+            lines.append(f"| {r.label} | `{rec['flags']}` | {done} | {_fmt(rec['train_minutes'])} | "
+                         f"{_fmt(rec['median_images_per_s'])} | {rec['size_mb']:.2f} | {_fmt(rec['best_top1'])} | "
+                         f"{_fmt(rec['final_top1'])} |")
+        lines.append("")
+    if os.path.isfile(packed):
+        with open(packed) as f:
+            result = json.load(f)
+        lines += ["## The packed model", "", f"`{PRETRAINED}` evaluated with `example/evaluate.py --packed`: "
+                  f"top-1 {100 * result['top1']:.2f} %, top-5 {100 * result['top5']:.2f} % on "
+                  f"{result['images']} held-out images.", ""]
+    return "\n".join(lines)
+
+
+def _plot(group, records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in group.runs:
+        curve = records[r.name]["curve"]
+        if curve:
+            ax.plot(range(1, len(curve) + 1), [None if v is None else 100 * v for v in curve], marker="o",
+                    label=r.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(group.title if len(group.title) < 60 else group.key, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def dry_run(data_dir, runs_dir, extra=()):
+    for group in GROUPS:
+        print(f"# {group.key}: {group.title} (at most {group.minutes} min per run)")
+        for r in group.runs:
+            print(shell(command(r, data_dir, runs_dir, extra)))
+    print("# pack and evaluate the main binary model")
+    for cmd in pack_commands(data_dir, runs_dir):
+        print(shell(cmd))
+
+
+def commands_markdown(data_dir, runs_dir):
+    lines = []
+    for group in GROUPS:
+        lines += [f"### `{group.key}`: {group.title}", "", f"At most {group.minutes} minutes per run. {group.question}",
+                  "", "```bash"]
+        lines += [shell(command(r, data_dir, runs_dir)) for r in group.runs] + ["```", ""]
+    lines += ["Packing and evaluating the main binary model:", "", "```bash"]
+    lines += [shell(c) for c in pack_commands(data_dir, runs_dir)] + ["```", ""]
+    return "\n".join(lines)

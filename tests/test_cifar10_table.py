@@ -1,0 +1,83 @@
+"""example/cifar10_table.py: the CIFAR-10 runs, their commands, and the results they are tabulated into."""
+import csv
+import json
+import os
+
+import pytest
+
+import bmx
+import cifar10_table as table
+from test_training import load_script
+
+
+def test_every_command_parses_with_train_imagenets_parser():
+    parser = load_script("train_imagenet").build_parser()
+    runs = table.unique_runs()
+    assert len({r.name for r in runs}) == len(runs) == 12
+    for r in runs:
+        args = parser.parse_args(table.command(r, "/data/c10", "runs")[2:])
+        assert args.dataset == "cifar10" and args.stem == "cifar" and args.model in bmx.models.list_models()
+        assert args.epochs == r.epochs and args.output_dir == os.path.join("runs", "cifar10", r.name)
+
+
+def test_runs_within_a_group_differ_only_in_what_the_group_compares():
+    parser = load_script("train_imagenet").build_parser()
+    compared = {"clip": {"clip_threshold", "seed"}, "downsampling": {"model"},
+                "connections": {"model", "growth_rate"}, "bottleneck": {"bottleneck"}, "main": {"binary"}}
+    for group in table.GROUPS:
+        settings = [vars(parser.parse_args(table.command(r, "/d", "runs")[2:])) for r in group.runs]
+        differing = {k for k in settings[0] if k != "output_dir" and len({repr(s[k]) for s in settings}) > 1}
+        assert differing == compared[group.key], group.key
+        assert len({r.epochs for r in group.runs}) == 1, "one budget per group"
+
+
+def test_reproduce_dispatches_the_cifar10_table(capsys):
+    reproduce = load_script("reproduce")
+    assert reproduce.main(["--table", "cifar10", "--dry-run", "--data-dir", "/data/c10"]) == 0
+    out = capsys.readouterr().out
+    for r in table.unique_runs():
+        assert f"--output-dir runs/cifar10/{r.name}" in out
+    assert "tools/binarize_model.py runs/cifar10/bdn28-binary --output example/pretrained/bdn28-cifar10" in out
+    with pytest.raises(SystemExit):
+        reproduce.main(["--table", "cifar10"])  # running needs --data-dir
+
+
+def _fake_history(tops, seconds=60.0, speed=100.0):
+    return [dict(epoch=i + 1, val_top1=t, images_per_s=speed + i, time_s=seconds) for i, t in enumerate(tops)]
+
+
+def test_results_are_computed_from_the_run_states(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    states = {"bdn28-binary": dict(finished=True, history=_fake_history([0.5, 0.7, 0.65])),
+              "bdn28h-clip0.5": dict(finished=False, history=_fake_history([0.3], seconds=90.0))}
+    for name, state in states.items():
+        (runs / "cifar10" / name).mkdir(parents=True)
+        (runs / "cifar10" / name / "state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(table, "RESULTS", str(tmp_path / "results"))
+    csv_path = table.write_results(str(runs))
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(len(g.runs) for g in table.GROUPS)
+    main = next(r for r in rows if r["run"] == "bdn28-binary")
+    assert (main["best_top1"], main["final_top1"], main["epochs_done"]) == ("70.0", "65.0", "3")
+    assert (main["train_minutes"], main["median_images_per_s"], main["finished"]) == ("3.0", "101.0", "True")
+    clip = next(r for r in rows if r["run"] == "bdn28h-clip0.5")
+    assert (clip["best_top1"], clip["train_minutes"], clip["finished"]) == ("30.0", "1.5", "False")
+    untouched = next(r for r in rows if r["run"] == "bdn28-float")
+    assert untouched["best_top1"] == "" and untouched["epochs_done"] == "0"
+    # sizes by bmx.summary: the float twin is 32 bits per weight, the binary net mostly 1
+    sizes = {r["run"]: float(r["size_mb"]) for r in rows}
+    assert sizes["bdn28-float"] > 5 * sizes["bdn28-binary"] > 0
+    for group in table.GROUPS:
+        assert (tmp_path / "results" / f"cifar10-{group.key}.png").stat().st_size > 1000
+    md = (tmp_path / "results" / "cifar10.md").read_text()
+    assert "| BinaryDenseNet-28, binary | `--clip-threshold 1.3` | 3/12 | 3.0 | 101.0 |" in md
+
+
+def test_commands_are_documented():
+    with open(os.path.join(table.ROOT, "docs", "reproduce.md")) as f:
+        doc = f.read()
+    for r in table.unique_runs():
+        assert table.shell(table.command(r, "$CIFAR10", "runs")) in doc
+    for cmd in table.pack_commands("$CIFAR10", "runs"):
+        assert table.shell(cmd) in doc

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Convert an exported bmx model into a packed inference model (binary weights as bits).
+
+    python tools/binarize_model.py runs/bdn28 --output runs/bdn28-packed            # train_imagenet.py output
+    python tools/binarize_model.py PREFIX --output OUT [--epoch N] [--verify] [--force]
+    python tools/binarize_model.py --model binary_densenet28 --params net.params --output OUT \\
+        [--stem cifar --classes 10 --input-size 32]                                  # net.save_parameters file
+
+PREFIX names PREFIX-symbol.json and PREFIX-NNNN.params (bmx.export; the newest epoch unless --epoch);
+a directory means DIR/model, with DIR/model.json as metadata. OUT is a directory (model-symbol.json,
+model-0000.params, model.json) that bmx.runtime.load(OUT) runs without MXNet and that
+mx.gluon.SymbolBlock.imports runs after `import bmx`. The conversion rules are in bmx/convert.py.
+"""
+import argparse
+import sys
+
+import bmx
+from bmx import convert
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="binarize_model.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prefix", nargs="?", help="PREFIX of PREFIX-symbol.json / PREFIX-NNNN.params, or an output "
+                   "directory of example/train_imagenet.py")
+    p.add_argument("--output", required=True, help="packed model directory to create")
+    p.add_argument("--epoch", type=int, help="which PREFIX-NNNN.params (default: the newest)")
+    p.add_argument("--model", help="zoo model name, to convert a Gluon parameter file given with --params")
+    p.add_argument("--params", help="Gluon parameter file (net.save_parameters) of --model")
+    p.add_argument("--stem", choices=bmx.models.common.STEMS, help="--model's stem (default: imagenet)")
+    p.add_argument("--classes", type=int, help="--model's outputs (default 1000)")
+    p.add_argument("--input-size", type=int, help="input height = width for export and --verify "
+                   "(default: model.json's image size; 32 for the cifar/thumbnail stems, else 224)")
+    p.add_argument("--verify", action="store_true", help="check the packed model against the original on random "
+                   "inputs (binary layers exactly) before writing it")
+    p.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --verify inputs")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.prefix is None) == (args.model is None):
+        parser.error("give either PREFIX or --model NAME --params FILE")
+    if args.model is not None:
+        if args.params is None:
+            parser.error("--model needs --params FILE (a Gluon parameter file)")
+        if args.epoch is not None:
+            parser.error("--epoch applies to PREFIX only")
+    else:
+        given = [f"--{name}" for name in ("params", "stem", "classes") if getattr(args, name) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} apply to --model only")
+    for name in ("epoch", "classes", "input_size"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "epoch" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'epoch' else 'positive'}, got {value}")
+    try:
+        if args.model is not None:
+            report = convert.binarize_gluon(args.model, args.params, args.output, stem=args.stem,
+                                            classes=args.classes or 1000, input_size=args.input_size,
+                                            force=args.force, verify=args.verify, seed=args.seed)
+        else:
+            report = convert.binarize(args.prefix, args.output, epoch=args.epoch, force=args.force,
+                                      verify=args.verify, input_size=args.input_size, seed=args.seed)
+    except (ValueError, OSError) as err:  # ConvertError, ModelFileError and PackedFormatError are ValueErrors
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print("\n".join(convert.format_report(report)))
+    print(f"wrote {report['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
