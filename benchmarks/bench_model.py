@@ -24,11 +24,12 @@ and everything else under ``batches``.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+
+from bench_train_step import cpu_model
 
 
 def parse_args(argv):
@@ -47,17 +48,6 @@ def parse_args(argv):
     if not args.batch or min(args.batch) < 1 or args.threads < 1 or args.rounds < 1 or args.size < 32:
         p.error("--batch, --threads and --rounds must be >= 1 and --size >= 32")
     return args
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(args, tmp):
@@ -138,7 +128,7 @@ def main(argv=None):
                                   else "packed_runtime")
     amdahl = (summary.float_macs + summary.binary_macs) / summary.float_macs
     first = batches[args.batch[0]]
-    result = dict(model=args.model, input_size=args.size, threads=args.threads, cpu=cpu_name(),
+    result = dict(model=args.model, input_size=args.size, threads=args.threads, cpu=cpu_model(),
                   batch=args.batch[0], packed_ms=first["packed_ms"], float_ms=first["float"],
                   speedup=first["speedup"], amdahl_limit=amdahl, float_macs=summary.float_macs,
                   binary_macs=summary.binary_macs, batches=batches)

@@ -15,9 +15,10 @@ import collections
 import csv
 import json
 import os
-import shlex
 import subprocess
 import sys
+
+from runs import read_state, shell
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -94,18 +95,6 @@ def pack_commands(data_dir, runs_dir):
     return [["python", "tools/binarize_model.py", run, "--output", PRETRAINED, "--verify", "--force"],
             ["python", "example/evaluate.py", "--packed", PRETRAINED, "--data", os.path.join(data_dir, "train.rec"),
              "--holdout"]]
-
-
-def shell(cmd):
-    return " ".join(a if a.startswith("$") else shlex.quote(a) for a in cmd)
-
-
-def read_state(run_dir):
-    try:
-        with open(os.path.join(run_dir, "state.json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 def _absolute(cmd):

@@ -24,13 +24,13 @@ example/pretrained/ and write docs/results/cifar10.md, .csv and accuracy-curve p
 import argparse
 import collections
 import csv
-import json
 import os
 import shlex
 import subprocess
 import sys
 
 import cifar10_table
+from runs import read_state, shell
 
 TRAIN = "example/train_imagenet.py"  # as shown (run from the repository root); executed by absolute path
 
@@ -109,11 +109,6 @@ def command(r, data_dir, runs_dir, ctx, batch_size, extra=()):
              "--output-dir", os.path.join(runs_dir, run_name(r))] + list(extra))
 
 
-def shell(cmd):
-    """The command as shell text; ``$VARIABLE`` arguments stay unquoted so that the shell expands them."""
-    return " ".join(a if a.startswith("$") else shlex.quote(a) for a in cmd)
-
-
 def model_size(r):
     """Size in MB (binary weights 1 bit) of the row's model at 224x224, by bmx.summary."""
     import bmx
@@ -162,14 +157,6 @@ def markdown(names, data_dir, runs_dir, ctx, batch_size):
         lines += [shell(command(r, data_dir, runs_dir, ctx, batch_size)) for r in rows]
         lines += ["```", ""]
     return "\n".join(lines)
-
-
-def read_state(run_dir):
-    try:
-        with open(os.path.join(run_dir, "state.json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
 
 
 def measured(state):

@@ -117,17 +117,19 @@ def test_names_must_be_strings(tmp_path):
         packed.write_params(tmp_path / "x.params", {1: np.zeros(1, np.float32)})
 
 
+def _half_write(target, records):
+    """Stands in for the record writer: a few bytes reach the file, then the disk is full."""
+    with open(target, "wb") as f:
+        f.write(b"\x12\x01\0\0")
+    raise OSError("disk full")
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "x.params"
     packed.write_params(path, {"a": np.ones(3, np.float32)})
     before = path.read_bytes()
 
-    def half_write(target, records):
-        with open(target, "wb") as f:
-            f.write(b"\x12\x01")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(packed, "_write_records", half_write)
+    monkeypatch.setattr(packed, "_write_records", _half_write)
     with pytest.raises(OSError, match="disk full"):
         packed.write_params(path, {"a": np.zeros(3, np.float32)})
     assert path.read_bytes() == before
@@ -270,12 +272,7 @@ def test_a_failure_while_writing_keeps_the_old_model_and_leaves_no_temporary(tmp
     out = tmp_path / "model"
     packed.save_model(out, graph, params, {"version": 1})
 
-    def half_write(target, records):
-        with open(target, "wb") as f:
-            f.write(b"\x12\x01\0\0")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(packed, "_write_records", half_write)
+    monkeypatch.setattr(packed, "_write_records", _half_write)
     with pytest.raises(OSError, match="disk full"):
         packed.save_model(out, graph, params, {"version": 2}, force=True)
     assert packed.load_model(out).meta == {"version": 1}
