@@ -1,19 +1,21 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""Bit kernels over bitops.h (see bmx/xnor.py for the validated, documented API).
+"""Bit kernels over bitops.h (see bmx/xnor.py for the validated, documented API), and the float
+kernels of floatops.h (max pooling, direct convolution) for bmx.runtime.
 
-Nothing here checks its arguments beyond what Cython's typed memoryviews do:
-bmx.xnor is the only caller and validates shapes, dtypes and ranges first.
+Nothing here checks its arguments beyond what Cython's typed memoryviews do: bmx.xnor and
+bmx.runtime, the only callers, validate shapes, dtypes and ranges first.
 """
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, uint64_t
+from libc.string cimport memset
 
 cdef extern from "bitops.h" nogil:
     size_t bmx_words_for_bits(size_t n)
     void bmx_pack_rows(const float* x, size_t rows, size_t n, uint64_t* out, int kernel,
                        int threads)
-    void bmx_pack_nchw(const float* x, size_t batch, size_t channels, size_t hw, size_t groups,
-                       uint64_t* out, int kernel, int threads)
+    int bmx_pack_nchw(const float* x, size_t batch, size_t channels, size_t hw, size_t groups,
+                      const int32_t* m, const float* u, uint64_t* out, int kernel, int threads)
 
     int BMX_KERNEL_PORTABLE, BMX_KERNEL_AVX2, BMX_KERNEL_AVX512
     int bmx_kernel_available(int kernel)
@@ -32,12 +34,33 @@ cdef extern from "bitops.h" nogil:
                               size_t rows_per_group, size_t row_words, uint64_t* panels)
     void bmx_conv_tap_sums(size_t groups, size_t group_bits, size_t out_per_group, size_t taps,
                            const uint64_t* panels, int32_t* sums)
+    ctypedef struct bmx_conv_output:
+        int32_t* y
+        size_t ldy
+        float* nchw
+        size_t batch_stride, channel_stride
+        const int32_t* sgn
+        const int32_t* thr
+        uint64_t* bits
+        size_t ldb
+
     int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x, const uint64_t* panels,
-                      const int32_t* tap_sums, int32_t* out, size_t ldo, const int32_t* sgn,
-                      const int32_t* thr, uint64_t* bits, size_t ldb, int kernel, int threads)
+                      const int32_t* tap_sums, const bmx_conv_output* out, int kernel, int threads)
     int bmx_xnor_gemm(const uint64_t* a, size_t lda, const uint64_t* b_panels, size_t m,
                       size_t n, size_t kw, int32_t k_bits, int32_t* c, size_t ldc, int kernel,
                       int threads)
+
+cdef extern from "floatops.h" nogil:
+    int bmx_max_pool(const float* x, size_t batch, size_t channels, size_t h, size_t w,
+                     size_t x_batch, size_t x_channel, float* out, size_t oh, size_t ow,
+                     size_t o_batch, size_t o_channel, size_t kh, size_t kw, size_t sh, size_t sw,
+                     size_t ph, size_t pw, const float* scale, const float* shift, int relu,
+                     int threads)
+    int bmx_conv_f32(const float* x, size_t batch, size_t channels, size_t h, size_t w,
+                     const float* wt, const float* bias, size_t groups, size_t out_channels,
+                     size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw, size_t dh,
+                     size_t dw, float* out, size_t o_batch, size_t o_channel, int kernel,
+                     int threads)
 
 cnp.import_array()
 
@@ -68,17 +91,24 @@ def pack_rows(const float[:, ::1] x, int kernel, int threads):
     return out
 
 
-def pack_nchw(const float[:, :, :, ::1] x, size_t groups, int kernel, int threads):
+def pack_nchw(const float[:, :, :, ::1] x, size_t groups, int kernel, int threads,
+              const int32_t[::1] m=None, const float[::1] u=None):
     """(N, C, H, W) float32 -> (N, H, W, groups * ceil(C/groups/64)) uint64, packing along C.
 
-    Each group of C/groups channels is packed on its own (starting on a word boundary).
+    Each group of C/groups channels is packed on its own (starting on a word boundary). With m and
+    u (C values each) channel c's bit is m[c] * x >= u[c] (bitops.h's affine threshold).
     """
     cdef size_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     out = np.empty((n, h, w, groups * bmx_words_for_bits(c // groups)), dtype=np.uint64)
     cdef uint64_t[:, :, :, ::1] o = out
+    cdef const int32_t* mp = &m[0] if m is not None and c else NULL
+    cdef const float* up = &u[0] if u is not None and c else NULL
+    cdef int rc = 0
     if out.size and c:
         with nogil:
-            bmx_pack_nchw(&x[0, 0, 0, 0], n, c, h * w, groups, &o[0, 0, 0, 0], kernel, threads)
+            rc = bmx_pack_nchw(&x[0, 0, 0, 0], n, c, h * w, groups, mp, up, &o[0, 0, 0, 0], kernel,
+                               threads)
+    _check(rc, "bmx_pack_nchw")
     return out
 
 
@@ -144,8 +174,10 @@ def tap_sums(const uint64_t[::1] panels, size_t groups, size_t group_bits, size_
 def conv(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, const int32_t[:, ::1] sums,
          size_t groups, size_t group_bits, size_t out_per_group, kernel_hw, stride, pad, dilation,
          bint pad_zero, int kernel, int threads, const int32_t[::1] sgn=None,
-         const int32_t[::1] thr=None):
-    """Binary convolution of packed NHWC x: int32 (N, OH, OW, O), or packed bits with sgn/thr.
+         const int32_t[::1] thr=None, float[:, :, :, :] out=None):
+    """Binary convolution of packed NHWC x: returns int32 (N, OH, OW, O), or packed bits with
+    sgn/thr; or writes float32 into ``out`` (N, O, OH, OW) and returns None (its OH x OW planes
+    must be contiguous; its batch and channel strides, multiples of 4 bytes, are free).
 
     sums: the tap_sums of the weights (read only with pad_zero).
     """
@@ -168,22 +200,80 @@ def conv(const uint64_t[:, :, :, ::1] x, const uint64_t[::1] panels, const int32
     cdef const uint64_t* xp = &x[0, 0, 0, 0] if x.size else NULL
     cdef const uint64_t* pp = _words_ptr(panels)
     cdef const int32_t* sp = &sums[0, 0] if sums.size else NULL
+    cdef bmx_conv_output result
     cdef int rc
-    if sgn is None:
-        result = np.empty((sh.batch, out_h, out_w, out_channels), dtype=np.int32)
-        y = result
-        if result.size == 0:
-            return result
-        with nogil:
-            rc = bmx_xnor_conv(&sh, xp, pp, sp, &y[0, 0, 0, 0], out_channels, NULL, NULL, NULL,
-                               0, kernel, threads)
+    memset(&result, 0, sizeof(result))
+    if out is not None:
+        result_array = None  # the caller holds out
+        if out.size == 0:
+            return None
+        result.nchw = &out[0, 0, 0, 0]
+        result.batch_stride = out.strides[0] // sizeof(float)
+        result.channel_stride = out.strides[1] // sizeof(float)
+    elif sgn is None:
+        result_array = np.empty((sh.batch, out_h, out_w, out_channels), dtype=np.int32)
+        y = result_array
+        if result_array.size == 0:
+            return result_array
+        result.y = &y[0, 0, 0, 0]
+        result.ldy = out_channels
     else:
-        result = np.empty((sh.batch, out_h, out_w, out_words), dtype=np.uint64)
-        bits = result
-        if result.size == 0:
-            return result
-        with nogil:
-            rc = bmx_xnor_conv(&sh, xp, pp, sp, NULL, 0, &sgn[0], &thr[0], &bits[0, 0, 0, 0],
-                               out_words, kernel, threads)
+        result_array = np.empty((sh.batch, out_h, out_w, out_words), dtype=np.uint64)
+        bits = result_array
+        if result_array.size == 0:
+            return result_array
+        result.sgn = &sgn[0]
+        result.thr = &thr[0]
+        result.bits = &bits[0, 0, 0, 0]
+        result.ldb = out_words
+    with nogil:
+        rc = bmx_xnor_conv(&sh, xp, pp, sp, &result, kernel, threads)
     _check(rc, "bmx_xnor_conv")
-    return result
+    return result_array
+
+
+def max_pool(const float[:, :, :, :] x, float[:, :, :, :] out, kernel_hw, stride, pad,
+             const float[::1] scale, const float[::1] shift, bint relu, int threads):
+    """out (N, C, OH, OW) = MXNet's max pooling of x (N, C, H, W), then optionally * scale + shift
+    per channel (each (C,) or None) and ReLU: see floatops.h. The (H, W) planes of x and the
+    (OH, OW) planes of out must be contiguous; batch and channel strides are free."""
+    cdef size_t kh, kw, sh, sw, ph, pw
+    kh, kw = kernel_hw
+    sh, sw = stride
+    ph, pw = pad
+    cdef int rc
+    if out.size == 0:
+        return
+    cdef const float* xp = &x[0, 0, 0, 0] if x.size else NULL  # an empty x: windows of padding only
+    cdef const float* scale_p = &scale[0] if scale is not None else NULL
+    cdef const float* shift_p = &shift[0] if shift is not None else NULL
+    with nogil:
+        rc = bmx_max_pool(xp, x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                          x.strides[0] // sizeof(float), x.strides[1] // sizeof(float),
+                          &out[0, 0, 0, 0], out.shape[2], out.shape[3],
+                          out.strides[0] // sizeof(float), out.strides[1] // sizeof(float),
+                          kh, kw, sh, sw, ph, pw, scale_p, shift_p, relu, threads)
+    _check(rc, "bmx_max_pool")
+
+
+def conv_f32(const float[:, :, :, ::1] x, const float[:, :, ::1] wt, const float[::1] bias,
+             float[:, :, :, :] out, kernel_hw, stride, pad, dilation, int kernel, int threads):
+    """out (N, O, OH, OW) = the float convolution of x (N, C, H, W), see floatops.h: wt is
+    (groups, C / groups * KH * KW, O / groups), the weight transposed per group; bias (O,) or None.
+    The (OH, OW) planes of out must be contiguous; its batch and channel strides are free."""
+    cdef size_t kh, kw, sh, sw, ph, pw, dh, dw
+    kh, kw = kernel_hw
+    sh, sw = stride
+    ph, pw = pad
+    dh, dw = dilation
+    cdef size_t groups = wt.shape[0]
+    cdef const float* bp = &bias[0] if bias is not None else NULL
+    cdef int rc
+    if out.size == 0:
+        return
+    with nogil:
+        rc = bmx_conv_f32(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                          &wt[0, 0, 0], bp, groups, groups * wt.shape[2], kh, kw, sh, sw, ph, pw,
+                          dh, dw, &out[0, 0, 0, 0], out.strides[0] // sizeof(float),
+                          out.strides[1] // sizeof(float), kernel, threads)
+    _check(rc, "bmx_conv_f32")

@@ -1,4 +1,5 @@
-"""Runs a packed bmx model with numpy and bmx.xnor only: MXNet is never imported.
+"""Runs a packed bmx model with numpy and bmx's native kernels only (bmx.xnor; floatops.h for max
+pooling and direct float convolution): MXNet is never imported.
 
 ``load(directory)`` reads a model directory (:mod:`bmx.packed`) and compiles its symbol graph once:
 
@@ -8,9 +9,10 @@
   scale and shift, convolution weights laid out for matrix products, packed binary weights turned
   into :class:`bmx.xnor.PackedWeights`.
 
-Then a few rewrites where a value's only readers allow them: a BatchNorm that only feeds signs
-becomes a one-pass threshold, a float Convolution absorbs the BatchNorm after it, a ReLU or
-BatchNorm before a max pooling moves behind it, onto the smaller tensor.
+Then a few rewrites where a value's only readers allow them: a BatchNorm that only feeds binary
+convolutions folds into their packing of its input (and one that feeds signs otherwise becomes a
+one-pass threshold), a float Convolution absorbs the BatchNorm after it, a ReLU or BatchNorm before
+a max pooling moves behind it, onto the smaller tensor, and then into the pooling's output loop.
 
 Per input shape (the first call with that shape) the steps are planned: shapes are checked node by
 node (errors name the node), each Concat's inputs are computed straight into slices of its output
@@ -27,12 +29,12 @@ import threading
 
 import numpy as np
 
-from . import packed, xnor
+from . import _xnor, packed, xnor
 
 __all__ = ["load", "Model", "SUPPORTED_OPS"]
 
 _F32 = np.float32
-_LOWEST = np.finfo(_F32).min  # what MXNet's max pooling yields for a window of padding only
+_LOWEST = np.finfo(_F32).min  # float32's lowest value
 
 
 class _ShapeError(ValueError):
@@ -562,6 +564,25 @@ class _BatchNormSign(_Op):
         self.constant = np.flatnonzero(scale == 0)
         self.constant_sign = np.where(shift[self.constant] >= 0, _F32(1), _F32(-1))
 
+    def input_threshold(self):
+        """(m, u) for bmx.xnor's packing: m * x >= u holds exactly where run() gives z >= 0.
+
+        z is x - t per channel (negated where scale < 0) or a constant (scale = 0), so the bit is
+        x >= t, resp. -x >= -t, since float32 x - t is >= 0 exactly when x >= t (with subnormals a
+        difference rounds to 0 only when x = t). Not where t is infinite or NaN: x - t is then NaN
+        for some x. t = NaN, or m * t = +inf, gives 0 for every x: m = 0 with u = 1; m * t = -inf
+        gives 1 for every x but NaN and m * x = -inf: u = float32's lowest.
+        """
+        m = np.ones(self.threshold.size, np.int32)
+        m[self.negated] = -1
+        u = (m * self.threshold).astype(_F32)  # exact: a sign flip
+        never = np.isnan(u) | (u == np.inf)
+        u[u == -np.inf] = _LOWEST
+        m[never], u[never] = 0, 1
+        m[self.constant] = 0
+        u[self.constant] = np.where(self.constant_sign > 0, _F32(0), _F32(1))
+        return m, u
+
     def run(self, x, out=None):
         axis = self.axis % x.ndim
         shape = (-1,) + (1,) * (x.ndim - axis - 1)
@@ -575,8 +596,11 @@ class _BatchNormSign(_Op):
 
 
 class _Convolution(_Op):
-    """Float 2-D convolution (NCHW, groups, stride, pad, dilate, optional bias) as matrix products:
-    a 1x1 kernel multiplies the channels directly, larger ones go through im2col."""
+    """Float 2-D convolution (NCHW, groups, stride, pad, dilate, optional bias). A 1x1 kernel (stride
+    1, no padding) multiplies the channels directly (BLAS). Other kernels run floatops.h's direct
+    convolution, which reads the input in place of an im2col matrix, where its AVX2 / AVX-512
+    variants run (bmx.xnor.get_kernel()); else im2col and a matrix product, which BLAS then does
+    faster. Sums in a different order, and with FMA: the paths agree up to float rounding."""
 
     takes_params = True
 
@@ -598,7 +622,7 @@ class _Convolution(_Op):
             node.fail(f"weight shape {weight.shape} does not fit num_filter={filters}, kernel={self.kernel}, "
                       f"num_group={self.groups}")
         self.filters, self.group_channels = filters, weight.shape[1]
-        self.scratch = runtime.scratch
+        self.scratch, self.threads = runtime.scratch, runtime.threads
         if not no_bias and params[1].size != filters:
             node.fail(f"bias has {params[1].size} values for {filters} filters")
         self._set_weights(weight.reshape(filters, -1), None if no_bias else params[1].reshape(-1))
@@ -608,6 +632,7 @@ class _Convolution(_Op):
         the matrix product as one more column of the weights against a row of ones."""
         g = self.groups
         self.weight = np.ascontiguousarray(weight.reshape(g, self.filters // g, -1), dtype=_F32)
+        self.weight_t = np.ascontiguousarray(self.weight.transpose(0, 2, 1))  # the direct kernel's layout
         self.bias = None if bias is None else np.asarray(bias, _F32)
         if bias is not None:
             self.weight_and_bias = np.concatenate([self.weight, self.bias.reshape(g, -1, 1)], axis=2)
@@ -636,6 +661,11 @@ class _Convolution(_Op):
         weight, add_bias = self.weight, self.bias is not None
         if (kh, kw, ph, pw, sh, sw) == (1, 1, 0, 0, 1, 1):
             cols = x.reshape(n, g, c // g, oh * ow)
+        elif xnor.get_kernel() != "portable":
+            target = out if out is not None and _planes_contiguous(out) else np.empty((n, self.filters, oh, ow), _F32)
+            _xnor.conv_f32(np.ascontiguousarray(x), self.weight_t, self.bias, target, self.kernel, self.stride,
+                           self.pad, self.dilate, _xnor.KERNELS[xnor.get_kernel()], self.threads)
+            return target if out is None or target is out else _into(target, out)
         else:
             padded = _zero_padded(self.scratch("pad", (n, c, h + 2 * ph, w + 2 * pw)), x, ph, pw) if ph or pw else x
             s = padded.strides
@@ -663,6 +693,8 @@ class _XnorConv(_Op):
 
     The weight is int64 (O, KH, KW, words) holding the uint64 words of bmx.xnor.pack_weights; its
     PackedWeights are built once per input channel count (known at load time for these models).
+    ``input_threshold``: the (m, u) of a BatchNorm before it that Model._rewrite folded into the
+    packing of its input (see _BatchNormSign.input_threshold), or None.
     """
 
     takes_params = True
@@ -688,6 +720,7 @@ class _XnorConv(_Op):
         self.words = np.ascontiguousarray(words).view(np.uint64)
         self.threads = runtime.threads
         self.packed = {}  # input channels -> PackedWeights
+        self.input_threshold = None
 
     def weights_for(self, channels):
         if channels not in self.packed:
@@ -708,24 +741,36 @@ class _XnorConv(_Op):
             self.node.shape_error(f"needs a 4-D NCHW input, got shape {shape}")
         if shape[1] is not None:
             self.weights_for(shape[1])
+            if self.input_threshold is not None and self.input_threshold[0].size != shape[1]:
+                self.node.shape_error(f"the BatchNorm folded into it has {self.input_threshold[0].size} "
+                                      f"channels but its input has shape {shape}")
         return (shape[0], self.filters) + tuple(
             _window_out(self.node, i, shape[2 + i], self.kernel[i], self.stride[i], self.pad[i], self.dilate[i])
             for i in range(2))
 
     def run(self, x, out=None):
-        y = xnor.conv2d(x, self.packed[x.shape[1]], stride=self.stride, padding=self.pad, dilation=self.dilate,
-                        pad_value=self.pad_value, layout="NHWC", threads=self.threads)
-        if out is None:
-            out = np.empty((y.shape[0], y.shape[3], y.shape[1], y.shape[2]), _F32)
-        # one pass: int32 NHWC -> float32 NCHW (the counts are small integers, exact in float32)
-        np.copyto(out, y.transpose(0, 3, 1, 2), casting="same_kind")
-        return out
+        # the kernels write float32 NCHW themselves, into any out whose (H, W) planes are contiguous
+        # (a channel slice of a Concat's buffer is)
+        target = out if out is not None and _planes_contiguous(out) else np.empty(self.infer(x.shape), _F32)
+        xnor.conv2d(x, self.packed[x.shape[1]], stride=self.stride, padding=self.pad, dilation=self.dilate,
+                    pad_value=self.pad_value, input_threshold=self.input_threshold, out=target,
+                    threads=self.threads)
+        return target if target is out or out is None else _into(target, out)
+
+
+def _planes_contiguous(a):
+    """Whether each (H, W) plane of the 4-D float32 array ``a`` is contiguous (strides >= 0)."""
+    n, c, h, w = a.shape
+    s = a.strides
+    return (s[3] == 4 or w == 1) and (s[2] == 4 * w or h == 1) and s[0] >= 0 and s[1] >= 0
 
 
 class _Pooling(_Op):
     """max / avg / sum pooling with MXNet's conventions: 'valid' (floor) or 'full' (ceil) output
     sizes; avg divides by the window clipped to the padded input (count_include_pad, the default)
-    or to the input; a max window of padding only gives float32's lowest value."""
+    or to the input; max is MXNet's loop, starting from float32's lowest value and taking greater
+    values only (padding and NaN never win; a window of padding only gives the lowest value), in C
+    (floatops.h)."""
 
     def __init__(self, node, params, runtime):
         super().__init__(node, params, runtime)
@@ -741,40 +786,59 @@ class _Pooling(_Op):
             self.pad = node.pair("pad", (0, 0))
         self.divisors = {}  # (H, W) -> avg divisor per output position
         self.scratch = runtime.scratch
+        self.threads = runtime.threads
+        # what Model._rewrite folded into a max pooling's output loop: x * scale (+ shift) per
+        # channel, then ReLU
+        self.scale = self.shift = None
+        self.relu = False
 
     def commutes_with_monotone(self):
         """max(f(x)) = f(max(x)) over every window for a non-decreasing f (ReLU, x * s + b with
         s >= 0; rounding keeps them non-decreasing), unless a window holds padding only ('full'
-        windows can overhang the padded input, and so can a pad as large as the kernel)."""
+        windows can overhang the padded input, and so can a pad as large as the kernel; and windows
+        of NaN or -inf only, which give the lowest value either way, aside)."""
         return self.kind == "max" and (self.global_pool or not self.ceil and self.pad[0] < self.kernel[0]
                                        and self.pad[1] < self.kernel[1])
 
     def infer(self, shape):
         if len(shape) != 4:
             self.node.shape_error(f"needs a 4-D NCHW input, got shape {shape}")
+        if self.scale is not None and shape[1] not in (None, self.scale.size):
+            self.node.shape_error(f"the per-channel scale folded into it has {self.scale.size} channels but its "
+                                  f"input has shape {shape}")
         if self.global_pool:
             return shape[:2] + (1, 1)
         return shape[:2] + tuple(_window_out(self.node, i, shape[2 + i], self.kernel[i], self.stride[i], self.pad[i],
                                              ceil=self.ceil) for i in range(2))
 
     def run(self, x, out=None):
+        if self.kind == "max":
+            return self._max(x, out)
         if self.global_pool:
             flat = x.reshape(x.shape[0], x.shape[1], -1)
-            reduce = {"max": np.max, "avg": np.mean, "sum": np.sum}[self.kind]
+            reduce = np.mean if self.kind == "avg" else np.sum
             return _into(reduce(flat, axis=2).reshape(x.shape[:2] + (1, 1)), out)
         n, c, h, w = x.shape
         oh, ow = self.infer(x.shape)[2:]
-        fn = np.maximum if self.kind == "max" else np.add
         # separable, rows of each window first (contiguous, fast), then its columns; taps that fall
-        # on padding are skipped instead of padding a copy (padding never wins a max, adds 0 to a sum)
+        # on padding are skipped instead of padding a copy (padding adds 0 to a sum)
         rows = self.scratch("rows", (n, c, oh, w))
-        rows = _pool_axis(fn, x, 2, oh, self.kernel[0], self.stride[0], self.pad[0], rows)
-        out = _pool_axis(fn, rows, 3, ow, self.kernel[1], self.stride[1], self.pad[1],
-                         np.empty((n, c, oh, ow), _F32) if out is None else out)
+        rows = _sum_axis(x, 2, oh, self.kernel[0], self.stride[0], self.pad[0], rows)
+        out = _sum_axis(rows, 3, ow, self.kernel[1], self.stride[1], self.pad[1],
+                        np.empty((n, c, oh, ow), _F32) if out is None else out)
         if self.kind == "avg":
             count = self._window_sizes(h, w, oh, ow)
             np.divide(out, count, out=out, where=count > 0)  # an empty window sums to 0: it stays 0
         return out
+
+    def _max(self, x, out):
+        geometry = ((x.shape[2], x.shape[3]), (1, 1), (0, 0)) if self.global_pool else \
+            (self.kernel, self.stride, self.pad)
+        if not _planes_contiguous(x):
+            x = np.ascontiguousarray(x)
+        target = out if out is not None and _planes_contiguous(out) else np.empty(self.infer(x.shape), _F32)
+        _xnor.max_pool(x, target, *geometry, self.scale, self.shift, self.relu, self.threads)
+        return target if out is None or target is out else _into(target, out)
 
     def _window_sizes(self, h, w, oh, ow):
         if (h, w) not in self.divisors:
@@ -790,10 +854,9 @@ class _Pooling(_Op):
         return self.divisors[(h, w)]
 
 
-def _pool_axis(fn, x, axis, size, kernel, stride, pad, out):
-    """out (``size`` along ``axis``) = the fn-reduction of x over windows of ``kernel`` along
-    ``axis``: out[o] = fn over k of x[o * stride + k - pad], skipping indices outside x. A window
-    with no index inside gets fn's identity: float32's lowest for max (as MXNet), 0 for a sum."""
+def _sum_axis(x, axis, size, kernel, stride, pad, out):
+    """out (``size`` along ``axis``) = the sums of x over windows of ``kernel`` along ``axis``:
+    out[o] = sum over k of x[o * stride + k - pad], skipping indices outside x (0 if none is in)."""
     length = x.shape[axis]
     lead = (slice(None),) * axis
     spans = []
@@ -807,10 +870,10 @@ def _pool_axis(fn, x, axis, size, kernel, stride, pad, out):
     if full:
         np.copyto(out, spans.pop(full[0])[2])
     else:
-        out.fill(_LOWEST if fn is np.maximum else 0)
+        out.fill(0)
     for first, last, tap in spans:
         target = out[lead + (slice(first, last),)]
-        fn(target, tap, out=target)
+        np.add(target, tap, out=target)
     return out
 
 
@@ -1284,6 +1347,7 @@ class Model:
         self._heads = [slots[h] for h in heads]
         self.output_names = [nodes[h[0]].name for h in heads]
         self.input_channels = self._first_layer_channels()
+        self._values = len(self._entries) + 1  # value slots (the input, then each step's output)
         self._rewrite()
         try:  # with only the channels known: checks the graph and builds the packed weights now
             self._infer((None, self.input_channels, None, None))
@@ -1293,19 +1357,35 @@ class Model:
     def _rewrite(self):
         """Cheaper equivalents, where a value's only readers allow them:
 
-        * a BatchNorm read only by signs (bmx_xnor_conv2d, sign ops) computes a value with the same
+        * a BatchNorm (over channels) read only by bmx_xnor_conv2d disappears: its threshold moves
+          into their packing of its input (:meth:`_BatchNormSign.input_threshold`);
+        * one read only by signs (bmx_xnor_conv2d, sign ops) otherwise computes a value with the same
           signs in one pass (:class:`_BatchNormSign`);
         * a float Convolution read only by a BatchNorm absorbs it (scaled weights, a bias);
         * ReLU or BatchNorm then max pooling becomes max pooling then ReLU or BatchNorm, which
-          then run on the pooled, smaller tensor (a DenseNet transition's BN -> MaxPool 2x2).
+          then run on the pooled, smaller tensor (a DenseNet transition's BN -> MaxPool 2x2);
+        * a max pooling's only reader, if a per-channel affine map (a BatchNorm), and then its only
+          reader, if a ReLU, disappear into the pooling's output loop (:meth:`_absorb_into_pool`).
+
+        Steps that disappear hand their readers their input.
         """
         readers = {}
         for entry in self._entries:
             for a in entry.args:
                 readers.setdefault(a, []).append(entry)
+        folded = set()
         for entry in self._entries:
             only = readers.get(entry.out, []) if entry.out not in self._heads else []
-            if isinstance(entry.op, _BatchNorm) and only and \
+            if isinstance(entry.op, _BatchNorm) and only and entry.op.axis in (1, -3) and \
+                    all(isinstance(r.op, _XnorConv) for r in only):
+                threshold = _BatchNormSign(entry.op).input_threshold()
+                source = entry.args[0]
+                for reader in only:
+                    reader.op.input_threshold = threshold
+                    reader.args = [source if a == entry.out else a for a in reader.args]
+                readers[source] = [r for r in readers[source] if r is not entry] + only
+                folded.add(entry.out)
+            elif isinstance(entry.op, _BatchNorm) and only and \
                     all(isinstance(r.op, (_XnorConv, _SignOp)) for r in only):
                 entry.op = _BatchNormSign(entry.op)
             elif isinstance(entry.op, _Convolution) and len(only) == 1 and isinstance(only[0].op, _BatchNorm) and \
@@ -1316,6 +1396,36 @@ class Model:
                     len(only) == 1 and isinstance(only[0].op, _Pooling) and only[0].op.commutes_with_monotone() \
                     and only[0].args == [entry.out]:
                 entry.op, only[0].op = _pool_first(entry.op, only[0].op)
+        for entry in self._entries:
+            if isinstance(entry.op, _Pooling) and entry.op.kind == "max" and entry.out not in folded:
+                folded.update(self._absorb_into_pool(entry, readers))
+        self._entries = [e for e in self._entries if e.out not in folded]
+
+    def _absorb_into_pool(self, entry, readers):
+        """Folds into the max pooling of ``entry`` its only reader if that is a per-channel affine map
+        (BatchNorm, scale and shift over axis 1), then (or else) the only reader of that if it is a
+        ReLU; their readers read the pooling instead. Returns the slots of the steps folded away."""
+        pool, current, gone = entry.op, entry, []
+        while current.out not in self._heads:
+            only = readers.get(current.out, [])
+            if len(only) != 1 or only[0].args != [current.out] or only[0].out in self._heads:
+                break
+            reader = only[0]
+            if isinstance(reader.op, _Affine) and reader.op.axis in (1, -3) and pool.scale is None and \
+                    not pool.relu:
+                pool.scale, pool.shift = reader.op.scale, reader.op.shift
+            elif _is_relu(reader.op) and not pool.relu:
+                pool.relu = True
+            else:
+                break
+            gone.append(reader.out)
+            current = reader
+        if gone:
+            last = gone[-1]
+            for reader in readers.get(last, []):
+                reader.args = [entry.out if a == last else a for a in reader.args]
+            readers[entry.out] = readers.get(last, [])
+        return gone
 
     def _entry_ref(self, entry, count, what):
         if not isinstance(entry, list) or len(entry) < 2 or not 0 <= int(entry[0]) < count:
@@ -1418,7 +1528,7 @@ class Model:
             elif base.get(entry.out) == entry.out:
                 location = (buffer_of[entry.out], shapes[entry.out], ())
             steps.append((run, tuple(args), entry.out, location, tuple(frees[i])))
-        template = [None] * (len(entries) + 1 + len(self._consts))
+        template = [None] * (self._values + len(self._consts))
         for slot, array in self._consts.items():
             template[slot] = array
         if len(self._plans) >= _MAX_PLANS:

@@ -117,11 +117,17 @@ def pack(x, *, threads=None):
     return _xnor.pack_rows(rows, _kernel_id(), _threads(threads)).reshape(x.shape[:-1] + (words_for_bits(x.shape[-1]),))
 
 
-def pack_channels(x, groups=1, *, threads=None):
+def pack_channels(x, groups=1, *, threshold=None, threads=None):
     """Signs of an NCHW float32 tensor packed along C: (N, C, H, W) -> (N, H, W, words) uint64.
 
     words = groups * ceil(C / groups / 64): each group of C / groups channels starts on a word
     boundary (with groups=1 simply the C channels).
+
+    ``threshold=(m, u)``, C values each (m int32 in {-1, 0, +1}, u float32), packs a per-channel
+    affine threshold instead of the sign, e.g. a BatchNorm folded into the sign that follows it:
+    channel c's bit is 1 where ``m[c] * x >= u[c]``, compared in float32 (``m[c] * x`` is x or -x,
+    exactly; a NaN x or u[c] gives 0), and where m[c] = 0 it is the constant ``0 >= u[c]``, whatever
+    x holds (NaN included). m = 1, u = 0 is the plain sign.
     """
     x = _float32(x, "pack_channels: x")
     if x.ndim != 4:
@@ -129,7 +135,25 @@ def pack_channels(x, groups=1, *, threads=None):
     groups = _positive(groups, "pack_channels: groups")
     if x.shape[1] % groups:
         raise ValueError(f"pack_channels: {x.shape[1]} channels do not split into {groups} groups")
-    return _xnor.pack_nchw(x, groups, _kernel_id(), _threads(threads))
+    m, u = _affine_threshold(threshold, x.shape[1], "pack_channels: threshold")
+    return _xnor.pack_nchw(x, groups, _kernel_id(), _threads(threads), m, u)
+
+
+def _affine_threshold(threshold, channels, name):
+    """Validated (m, u) of an input threshold: int32 in {-1, 0, 1} and float32, ``channels`` each."""
+    if threshold is None:
+        return None, None
+    try:
+        m, u = (np.ascontiguousarray(t) for t in threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (m, u) of arrays") from None
+    if m.dtype != np.int32 or m.shape != (channels,):
+        raise ValueError(f"{name}: m must be int32 of shape ({channels},), got {m.dtype} {m.shape}")
+    if u.dtype != np.float32 or u.shape != (channels,):
+        raise ValueError(f"{name}: u must be float32 of shape ({channels},), got {u.dtype} {u.shape}")
+    if ((m < -1) | (m > 1)).any():
+        raise ValueError(f"{name}: m must be -1, 0 or +1")
+    return m, u
 
 
 def unpack(words, n):
@@ -249,7 +273,7 @@ def gemm(a, b, k=None, *, threads=None):
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0, layout="NCHW",
-           threshold=None, threads=None):
+           threshold=None, input_threshold=None, out=None, threads=None):
     """Binary 2-D convolution: the convolution of sign(x) with sign(w), computed on packed bits.
 
     x: float32 NCHW (its signs are packed here), or packed uint64 NHWC ``(N, H, W, words)`` as
@@ -259,8 +283,18 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0
     float weights, 1 unless given.
     pad_value: what the padding holds, -1.0 (BMXNet-v2's sign-then-pad: free on packed data) or
     0.0 (zero padding: exact, by a per-tap correction of the border outputs).
+    input_threshold: ``(m, u)`` for float x: its channel c counts as +1 where ``m[c] * x >= u[c]``
+    and -1 elsewhere instead of sign(x), e.g. a BatchNorm before the convolution folded in (see
+    :func:`pack_channels`, which applies it).
 
-    Returns int32 outputs, (N, O, OH, OW) for layout 'NCHW' or (N, OH, OW, O) for 'NHWC'.
+    Returns int32 outputs y, (N, O, OH, OW) for layout 'NCHW' or (N, OH, OW, O) for 'NHWC'.
+
+    With ``out``, a float32 (N, O, OH, OW) array (layout 'NCHW'), y is written there converted to
+    float32 (exact for |y| <= 2^24, which any kernel of fewer than 2^24 bits guarantees) and out is
+    returned. Each channel's OH x OW plane must be contiguous, its batch and channel strides are
+    free: a channel slice ``buffer[:, c0:c0 + O]`` of a C-contiguous NCHW array fits, so that a
+    concatenation can be filled in place. out may overlap float x (x is packed first).
+
     With ``threshold=(sgn, thr)`` (int32 per output channel, see :func:`bn_sign_thresholds`) it
     returns instead the packed signs of the next binary layer, NHWC uint64 (N, OH, OW,
     ceil(O / 64)) as :func:`pack_channels` with groups=1 lays them out: channel o is bit
@@ -280,9 +314,11 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0
         if x.ndim != 4 or x.shape[1] != groups * cg:
             raise ValueError(f"conv2d: x must be NCHW with {groups * cg} channels for these weights, "
                              f"got shape {x.shape}")
-        x = pack_channels(x, groups)
+        x = pack_channels(x, groups, threshold=input_threshold, threads=threads)
     elif x.dtype != np.uint64:
         raise TypeError(f"conv2d: x must be float32 NCHW or packed uint64 NHWC, got {x.dtype}")
+    elif input_threshold is not None:
+        raise ValueError("conv2d: input_threshold applies to float32 x (packed x is signs already)")
     else:
         x = _uint64(x, "conv2d: x", 4)
         if x.shape[3] != groups * words_for_bits(cg):
@@ -296,15 +332,19 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0
         raise ValueError(f"conv2d: pad_value must be -1.0 or 0.0, got {pad_value!r}")
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"conv2d: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    out_hw = []
     for axis, size in enumerate(x.shape[1:3]):
         span = dilation[axis] * (w.kernel_size[axis] - 1) + 1
         if size + 2 * padding[axis] < span:
             raise ValueError(f"conv2d: the dilated kernel ({span}) is larger than the padded input "
                              f"({size + 2 * padding[axis]}) along {'HW'[axis]}")
+        out_hw.append((size + 2 * padding[axis] - span) // stride[axis] + 1)
     sgn = thr = None
     if threshold is not None:
         if layout != "NHWC":
             raise ValueError("conv2d: thresholded output is packed NHWC: pass layout='NHWC'")
+        if out is not None:
+            raise ValueError("conv2d: out takes float32 NCHW results, not thresholded bits")
         sgn, thr = (np.ascontiguousarray(t) for t in threshold)
         for name, t in (("sgn", sgn), ("thr", thr)):
             if t.dtype != np.int32 or t.shape != (w.out_channels,):
@@ -312,11 +352,32 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0
                                  f"got {t.dtype} {t.shape}")
         if ((sgn < -1) | (sgn > 1)).any():
             raise ValueError("conv2d: threshold sgn must be -1, 0 or +1")
+    if out is not None:
+        _check_out(out, (x.shape[0], w.out_channels) + tuple(out_hw), layout)
     y = _xnor.conv(x, w.panels, w.tap_sums, groups, cg, w.out_channels // groups, w.kernel_size, stride,
-                   padding, dilation, pad_value == 0.0, _kernel_id(), _threads(threads), sgn, thr)
+                   padding, dilation, pad_value == 0.0, _kernel_id(), _threads(threads), sgn, thr, out)
+    if out is not None:
+        return out
     if threshold is None and layout == "NCHW":
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
     return y
+
+
+def _check_out(out, shape, layout):
+    """conv2d's out: float32 of ``shape``, each (OH, OW) plane contiguous, writeable."""
+    if layout != "NCHW":
+        raise ValueError("conv2d: out holds NCHW results: pass layout='NCHW'")
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"conv2d: out must be a float32 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    if not out.flags.writeable:
+        raise ValueError("conv2d: out must be writeable")
+    item = out.itemsize
+    planes_contiguous = (out.strides[3] == item or shape[3] == 1) and \
+        (out.strides[2] == shape[3] * item or shape[2] == 1)
+    if not planes_contiguous or any(s < 0 or s % item for s in out.strides[:2]):
+        raise ValueError(f"conv2d: each (OH, OW) plane of out must be contiguous, with non-negative batch and "
+                         f"channel strides (e.g. a channel slice of an NCHW array); got strides {out.strides}")
 
 
 def bn_sign_thresholds(gamma, beta, mean, var, eps=1e-5):

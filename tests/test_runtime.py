@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bmx
-from bmx import packed, runtime, xnor
+from bmx import _xnor, packed, runtime, xnor
 from bmx.packed import PackedFormatError
 
 F32 = np.float32
@@ -73,8 +73,9 @@ X = normal(2, 4, 9, 9)
 
 # ------------------------------------------------------------------ one op at a time
 
-def conv(**kw):
+def conv(**attrs):
     def build():
+        kw = dict(attrs)
         c, o = 4, kw.pop("num_filter")
         groups = kw.get("num_group", 1)
         kernel = kw["kernel"]
@@ -87,6 +88,14 @@ def conv(**kw):
     return build
 
 
+@pytest.fixture(params=xnor.available_kernels())
+def kernel(request):
+    """Forces each kernel variant in turn: the float convolution's paths follow bmx.xnor's choice."""
+    xnor.set_kernel(request.param)
+    yield request.param
+    xnor.set_kernel(None)
+
+
 @pytest.mark.parametrize("build", [
     conv(num_filter=6, kernel=(3, 3), pad=(1, 1)),
     conv(num_filter=6, kernel=(3, 3), stride=(2, 2), pad=(1, 0), dilate=(2, 1), num_group=2, no_bias=True),
@@ -94,10 +103,52 @@ def conv(**kw):
     conv(num_filter=6, kernel=(1, 1), num_group=2),
     conv(num_filter=8, kernel=(7, 7), stride=(2, 2), pad=(3, 3), no_bias=True),
     conv(num_filter=3, kernel=(3, 1), stride=(1, 2)),
-], ids=["3x3", "grouped-strided-dilated", "1x1-strided", "1x1-grouped", "7x7-stem", "3x1"])
-def test_convolution(tmp_path, build):
+    conv(num_filter=17, kernel=(2, 3), pad=(0, 2)),
+], ids=["3x3", "grouped-strided-dilated", "1x1-strided", "1x1-grouped", "7x7-stem", "3x1", "17-filters-2x3"])
+def test_convolution(tmp_path, kernel, build):
     symbol, params = build()
     check(tmp_path, symbol, X, params, rtol=1e-4, atol=1e-4)
+    # wide rows: several 16-output tiles and a partial one
+    check(tmp_path / "wide", symbol, normal(1, 4, 5, 37, seed=30), params, rtol=1e-4, atol=1e-4)
+
+
+def reference_convolution(x, w, bias, stride, pad, dilate, groups):
+    """MXNet's Convolution in float64 numpy."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad[0],) * 2, (pad[1],) * 2))
+    oh = (h + 2 * pad[0] - dilate[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - dilate[1] * (kw - 1) - 1) // stride[1] + 1
+    og = o // groups
+    out = np.zeros((n, o, oh, ow)) + (0 if bias is None else bias.reshape(1, -1, 1, 1))
+    for g in range(groups):
+        for a in range(kh):
+            for b in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, a * dilate[0]:a * dilate[0] + stride[0] * (oh - 1) + 1:stride[0],
+                           b * dilate[1]:b * dilate[1] + stride[1] * (ow - 1) + 1:stride[1]]
+                out[:, g * og:(g + 1) * og] += np.einsum("ncij,oc->noij", patch, w[g * og:(g + 1) * og, :, a, b])
+    return out
+
+
+@pytest.mark.parametrize("shape, filters, kernel_size, stride, pad, dilate, groups, bias", [
+    ((1, 3, 23, 21), 64, (7, 7), (2, 2), (3, 3), (1, 1), 1, True),
+    ((2, 6, 13, 35), 10, (3, 2), (2, 3), (1, 2), (2, 1), 2, False),
+    ((1, 5, 9, 9), 17, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    ((3, 4, 1, 50), 7, (1, 1), (1, 1), (0, 0), (1, 1), 1, False),
+], ids=["stem", "grouped-strided-dilated", "17-filters", "1x1-one-row"])
+def test_direct_convolution_kernel(shape, filters, kernel_size, stride, pad, dilate, groups, bias):
+    """floatops.h's bmx_conv_f32 on every variant against float64, into a channel slice of a larger buffer."""
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(shape).astype(F32)
+    w = rng.standard_normal((filters, shape[1] // groups) + kernel_size).astype(F32)
+    b = rng.standard_normal(filters).astype(F32) if bias else None
+    want = reference_convolution(x, w, b, stride, pad, dilate, groups)
+    wt = np.ascontiguousarray(w.reshape(groups, filters // groups, -1).transpose(0, 2, 1))
+    for name in xnor.available_kernels():
+        buffer = np.full((shape[0], filters + 3) + want.shape[2:], 5.0, F32)
+        _xnor.conv_f32(x, wt, b, buffer[:, 1:1 + filters], kernel_size, stride, pad, dilate, _xnor.KERNELS[name], 2)
+        np.testing.assert_allclose(buffer[:, 1:1 + filters], want, rtol=1e-5, atol=1e-4, err_msg=name)
+        assert (buffer[:, 0] == 5).all() and (buffer[:, 1 + filters:] == 5).all()
 
 
 @pytest.mark.parametrize("kwargs", [dict(fix_gamma=False, eps=1e-5), dict(fix_gamma=True), dict(fix_gamma=False),
@@ -144,6 +195,52 @@ def test_leaky_relu(tmp_path, kwargs):
         "avg-full-pad-exclude", "avg-3x2", "sum", "global-max", "global-avg"])
 def test_pooling(tmp_path, kwargs):
     check(tmp_path, mx.sym.Pooling(DATA, **kwargs), X)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel=(3, 3), stride=(2, 2), pad=(1, 1)), dict(kernel=(2, 2), stride=(2, 2)),
+                                    dict(kernel=(3, 2), stride=(1, 3), pad=(1, 1), pooling_convention="full"),
+                                    dict(kernel=(1, 1), global_pool=True)],
+                         ids=["3x3-s2-pad", "2x2-s2", "3x2-full", "global"])
+def test_max_pooling_is_mxnets_loop_nan_and_padding_never_win(tmp_path, kwargs):
+    """MXNet takes a value only when it is greater than the max so far, starting from float32's lowest: NaN
+    never wins, and a window of NaN / -inf / padding only gives the lowest value."""
+    x = normal(2, 3, 8, 11, seed=32)
+    x[0, 0, :4, :4] = np.nan
+    x[0, 1, :4, :4] = -np.inf
+    x[1, 2] = -np.inf
+    x[1, 0, 2, 3] = np.nan
+    x[1, 1, ::3, ::2] = np.inf
+    check(tmp_path, mx.sym.Pooling(DATA, pool_type="max", **kwargs), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stride", [(2, 2), (1, 1), (3, 2)])
+def test_max_pooling_odd_sizes_and_strides(tmp_path, stride):
+    x = normal(1, 5, 13, 17, seed=33)
+    big = normal(2, 40, 41, 39, seed=38)  # enough work for a thread team
+    for kernel, pad in [((3, 3), (1, 1)), ((2, 3), (0, 1)), ((4, 4), (2, 0))]:
+        symbol = mx.sym.Pooling(DATA, pool_type="max", kernel=kernel, stride=stride, pad=pad)
+        check(tmp_path / f"{kernel}{pad}", symbol, x, rtol=0, atol=0)
+        got, ref = run_both(tmp_path / f"big{kernel}{pad}", symbol, big, threads=2)
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_batchnorm_and_relu_after_max_pooling_run_in_its_output_loop(tmp_path):
+    """A DenseNet transition (BN -> max pool -> ReLU -> conv) and stem (ReLU -> max pool, read by a concat and
+    a convolution): the BatchNorm moves behind the pooling, then it and the ReLU fold into the pooling."""
+    bn, args, aux = batchnorm(DATA, "bn", 4, seed=34, gamma=[1.0, 0.5, 2.0, 0.0])
+    pooled = mx.sym.relu(mx.sym.Pooling(bn, pool_type="max", kernel=(2, 2), stride=(2, 2)))
+    args["w"] = normal(3, 4, 1, 1, seed=35)
+    symbol = mx.sym.Convolution(pooled, weight=mx.sym.var("w"), kernel=(1, 1), num_filter=3, no_bias=True)
+    check(tmp_path, symbol, X, args, aux, rtol=1e-5, atol=1e-5)
+    model = runtime.load(tmp_path / "model")
+    assert op_names(tmp_path) == ["_Pooling", "_Convolution"]
+    pool = model._entries[0].op
+    assert pool.scale is not None and pool.relu
+    stem = mx.sym.Pooling(mx.sym.relu(DATA), pool_type="max", kernel=(3, 3), stride=(2, 2), pad=(1, 1))
+    args = {"w": normal(2, 4, 3, 3, seed=36)}
+    branch = mx.sym.Convolution(stem, weight=mx.sym.var("w"), kernel=(3, 3), pad=(1, 1), num_filter=2, no_bias=True)
+    check(tmp_path / "stem", mx.sym.concat(stem, branch, dim=1), X, args, rtol=1e-5, atol=1e-5)
+    assert op_names(tmp_path / "stem") == ["_Pooling", "_Convolution", "_Concat"]
 
 
 @pytest.mark.parametrize("build", [
@@ -469,7 +566,9 @@ def test_relu_then_max_pooling_pools_first_but_not_over_padding_only_windows(tmp
 
 def test_batchnorm_feeding_only_signs_becomes_a_threshold(tmp_path):
     """BN -> bmx_xnor_conv2d and BN -> sign, with gammas of every sign (zero too): exact, since
-    the integer inputs and gamma = +-1 / 0, var + eps = 1 make every BatchNorm output exact."""
+    the integer inputs and gamma = +-1 / 0, var + eps = 1 make every BatchNorm output exact. Read by
+    sign ops too, the BatchNorm becomes a one-pass threshold; read by bmx_xnor_conv2d only, it folds
+    into their packing."""
     rng = np.random.default_rng(24)
     gamma = np.array([1, -1, 0, 1, -1, 1, 0, -1] * 8, F32)
     names = ("g", "b", "m", "v")
@@ -486,7 +585,36 @@ def test_batchnorm_feeding_only_signs_becomes_a_threshold(tmp_path):
         np.testing.assert_array_equal(g, r)
     assert op_names(tmp_path)[0] == "_BatchNorm"
     check(tmp_path / "sign_only", conv, x, dict(args, xw=words), aux, rtol=0, atol=0)
-    assert op_names(tmp_path / "sign_only") == ["_BatchNormSign", "_XnorConv"]
+    assert op_names(tmp_path / "sign_only") == ["_XnorConv"]
+
+
+def test_folded_batchnorm_packs_the_bits_the_one_pass_threshold_gives():
+    """_BatchNormSign.input_threshold gives bmx.xnor's packing exactly the signs of _BatchNormSign.run,
+    for inputs with +-0, +-inf and NaN, and scales of every sign, zero, and so small that the threshold
+    overflows float32 (both signs of shift), or NaN."""
+    rng = np.random.default_rng(37)
+    c = 70
+    scale = rng.uniform(0.5, 2, c) * rng.choice([-1, 1], c)
+    shift = rng.standard_normal(c)
+    scale[:12] = [0, 0, 1e-44, -1e-44, 1e-44, -1e-44, 1, -1, np.nan, 1, 0, 2]
+    shift[:12] = [1, -1, 1, 1, -1, -1, np.nan, 0, 1, np.inf, np.nan, 0]
+    bn = type("BN", (), dict(node=None, axis=1, infer=None, scale=scale.astype(F32), shift=shift.astype(F32)))()
+    with np.errstate(all="ignore"):
+        op = runtime._BatchNormSign(bn)
+        x = rng.standard_normal((2, c, 5, 7)).astype(F32) * 3
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, 60, replace=False)] = np.tile([0.0, -0.0, np.inf, -np.inf, np.nan], 12)
+        x[:, :, 0, 0] = op.threshold  # inputs equal to the thresholds
+        x[0, :12, 1, 1] = np.inf
+        x[1, :12, 1, 1] = -np.inf
+        z = op.run(x)
+    for name in xnor.available_kernels():
+        xnor.set_kernel(name)
+        try:
+            np.testing.assert_array_equal(xnor.pack_channels(x, threshold=op.input_threshold()), xnor.pack_channels(z),
+                                          err_msg=name)
+        finally:
+            xnor.set_kernel(None)
 
 
 # ------------------------------------------------------------------ zoo models

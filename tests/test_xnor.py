@@ -86,6 +86,49 @@ def test_pack_channels_matches_reference(kernel, c, groups):
         np.testing.assert_array_equal(got, ref_pack(nhwc).reshape(2, h, w, -1))
 
 
+def ref_threshold_signs(x, m, u):
+    """+1 where m[c] * x >= u[c] (float32, ordered: NaN fails), where m[c] = 0 the constant 0 >= u[c]; else -1."""
+    shape = (1, -1, 1, 1)
+    m, u = m.reshape(shape), u.reshape(shape)
+    with np.errstate(invalid="ignore"):
+        bits = np.where(m == 0, np.float32(0) >= u, np.where(m < 0, -x, x) >= u)
+    return np.where(bits, np.float32(1), np.float32(-1))
+
+
+def random_threshold(rng, x, c):
+    """(m, u) with every sign of m and the edge cases of u: +-0, +-inf, NaN, and values x takes."""
+    m = rng.integers(-1, 2, c).astype(np.int32)
+    u = rng.standard_normal(c).astype(np.float32)
+    u[rng.random(c) < 0.2] = 0.0
+    specials = [-0.0, np.inf, -np.inf, np.nan, np.float32(np.finfo(np.float32).min)]
+    u[:min(c, len(specials))] = specials[:c]
+    taken = rng.random(c) < 0.2  # thresholds equal to an input value: >= must hold there
+    u[taken] = x[0, taken, 0, 0]
+    return m, u
+
+
+def threshold_floats(rng, shape):
+    x = random_floats(rng, shape)
+    flat = x.reshape(-1)
+    if flat.size >= 16:
+        flat[rng.choice(flat.size, 4, replace=False)] = [np.inf, -np.inf, np.nan, -0.0]
+    return x
+
+
+@pytest.mark.parametrize("c,groups", [(1, 1), (3, 1), (64, 1), (65, 1), (130, 1), (96, 3), (130, 2)])
+def test_pack_channels_threshold_matches_reference(kernel, c, groups):
+    rng = np.random.default_rng(c * 7 + groups)
+    for h, w in [(5, 3), (4, 8), (7, 9), (20, 20)]:  # pixel counts around the 8 / 16 / 64 blocks
+        x = threshold_floats(rng, (2, c, h, w))
+        m, u = random_threshold(rng, x, c)
+        got = xnor.pack_channels(x, groups, threshold=(m, u), threads=2)
+        want = ref_threshold_signs(x, m, u).transpose(0, 2, 3, 1).reshape(2, h, w, groups, c // groups)
+        np.testing.assert_array_equal(got, ref_pack(want).reshape(2, h, w, -1))
+    # m = 1, u = 0 is the plain sign
+    np.testing.assert_array_equal(xnor.pack_channels(x, groups, threshold=(np.ones(c, np.int32), np.zeros(c, np.float32))),
+                                  xnor.pack_channels(x, groups))
+
+
 def test_pack_large_threaded(kernel):
     x = random_floats(np.random.default_rng(5), (257, 999))
     np.testing.assert_array_equal(xnor.pack(x, threads=2), ref_pack(x))
@@ -260,6 +303,46 @@ def test_conv2d_fused_threshold_output(kernel):
         np.testing.assert_array_equal(got, want)
 
 
+def test_conv2d_input_threshold_matches_reference(kernel):
+    rng = np.random.default_rng(21)
+    for c, o, pad_value in [(70, 33, -1.0), (64, 64, 0.0), (5, 7, 0.0)]:
+        x = threshold_floats(rng, (2, c, 7, 6))
+        wt = random_floats(rng, (o, c, 3, 3))
+        m, u = random_threshold(rng, x, c)
+        want = ref_conv(ref_threshold_signs(x, m, u), wt, (1, 1), (1, 1), (1, 1), 1, pad_value)
+        got = xnor.conv2d(x, wt, padding=1, pad_value=pad_value, input_threshold=(m, u))
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_writes_float32_nchw_into_out(kernel, case):
+    n, c, h, w, o, ks, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(c * 13 + o)
+    x = random_floats(rng, (n, c, h, w))
+    wt = random_floats(rng, (o, c // groups) + ks)
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    want = ref_conv(x, wt, pair(stride), pair(padding), pair(dilation), groups, 0.0).astype(np.float32)
+    weights = xnor.pack_weights(wt, groups)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, pad_value=0.0, threads=2)
+    out = np.full(want.shape, np.nan, np.float32)
+    assert xnor.conv2d(x, weights, out=out, **kwargs) is out
+    np.testing.assert_array_equal(out, want)
+    # a channel slice of a larger NCHW buffer, as a concatenation's input: the rest stays untouched
+    buffer = np.full((n, o + 5) + want.shape[2:], 7.0, np.float32)
+    xnor.conv2d(xnor.pack_channels(x, groups), weights, out=buffer[:, 2:2 + o], **kwargs)
+    np.testing.assert_array_equal(buffer[:, 2:2 + o], want)
+    assert (buffer[:, :2] == 7).all() and (buffer[:, 2 + o:] == 7).all()
+
+
+def test_conv2d_out_may_alias_its_float_input(kernel):
+    rng = np.random.default_rng(4)
+    x = random_floats(rng, (1, 8, 6, 6))
+    wt = random_floats(rng, (8, 8, 3, 3))
+    want = ref_conv(x, wt, (1, 1), (1, 1), (1, 1), 1, -1.0).astype(np.float32)
+    xnor.conv2d(x, wt, padding=1, out=x)  # x is packed before anything is written
+    np.testing.assert_array_equal(x, want)
+
+
 def test_bn_sign_thresholds_match_batchnorm():
     rng = np.random.default_rng(11)
     o = 64
@@ -302,6 +385,33 @@ def test_conv2d_rejects_bad_input():
         xnor.conv2d(x, w, layout="NHWC", threshold=(np.zeros(3, np.int32), np.zeros(4, np.int32)))
     with pytest.raises(ValueError, match="-1, 0 or"):
         xnor.conv2d(x, w, layout="NHWC", threshold=(np.full(4, 2, np.int32), np.zeros(4, np.int32)))
+    ones, zeros = np.ones(8, np.int32), np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match=r"m must be int32 of shape \(8,\)"):
+        xnor.conv2d(x, w, input_threshold=(ones[:7], zeros))
+    with pytest.raises(ValueError, match="u must be float32"):
+        xnor.conv2d(x, w, input_threshold=(ones, zeros.astype(np.float64)))
+    with pytest.raises(ValueError, match="m must be -1, 0 or"):
+        xnor.pack_channels(x, threshold=(ones * 2, zeros))
+    with pytest.raises(ValueError, match="pair"):
+        xnor.pack_channels(x, threshold=ones)
+    with pytest.raises(ValueError, match="input_threshold applies to float32 x"):
+        xnor.conv2d(xnor.pack_channels(x), xnor.pack_weights(w), input_threshold=(ones, zeros))
+    out = np.zeros((1, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"float32 array of shape \(1, 4, 3, 3\)"):
+        xnor.conv2d(x, w, out=out.astype(np.float64))
+    with pytest.raises(ValueError, match=r"float32 array of shape \(1, 4, 3, 3\)"):
+        xnor.conv2d(x, w, out=out[:, :3])
+    with pytest.raises(ValueError, match="plane of out must be contiguous"):
+        xnor.conv2d(x, w, out=np.zeros((1, 4, 3, 6), np.float32)[..., ::2])
+    with pytest.raises(ValueError, match="plane of out must be contiguous"):
+        xnor.conv2d(x, w, out=np.zeros((1, 4, 3, 3), np.float32)[:, ::-1])
+    with pytest.raises(ValueError, match="layout='NCHW'"):
+        xnor.conv2d(x, w, out=out, layout="NHWC")
+    with pytest.raises(ValueError, match="not thresholded bits"):
+        xnor.conv2d(x, w, out=out, layout="NHWC", threshold=(np.zeros(4, np.int32), np.zeros(4, np.int32)))
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        xnor.conv2d(x, w, out=out)
 
 
 def test_default_threads_follow_omp_num_threads(monkeypatch):

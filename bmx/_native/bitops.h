@@ -15,8 +15,10 @@
  * binary runs on any x86-64: AVX-512 with VPOPCNTDQ, AVX2, and portable C (the
  * only one on other architectures); all give identical results. Entry points:
  * bmx_kernel_best / bmx_kernel_available, bmx_pack_rows / bmx_pack_nchw (sign +
- * pack), bmx_xnor_pack_panels (weights), bmx_xnor_gemm, bmx_xnor_conv (binary
- * convolution, optionally fused with BatchNorm + sign) and bmx_conv_tap_sums.
+ * pack; for NCHW optionally behind a per-channel affine threshold, a BatchNorm
+ * folded in), bmx_xnor_pack_panels (weights), bmx_xnor_gemm, bmx_xnor_conv
+ * (binary convolution into int32 NHWC, float32 NCHW, or BatchNorm + sign packed
+ * bits) and bmx_conv_tap_sums.
  * They run on OpenMP threads when compiled with -fopenmp.
  */
 #ifndef BMX_BITOPS_H_
@@ -62,22 +64,6 @@ static inline void bmx_pack_row_f32(const float* src, size_t n, uint64_t* dst) {
     uint64_t word = 0;
     for (size_t j = 0; j < rest; ++j) word |= bmx_sign_bit_f32(s[j]) << j;
     dst[full] = word;
-  }
-}
-
-/*
- * Packs a strided row: element j is src[j * stride]. Used to pack NCHW tensors
- * along C, where consecutive channels are H*W floats apart.
- */
-static inline void bmx_pack_strided_f32(const float* src, size_t n, size_t stride,
-                                        uint64_t* dst) {
-  size_t words = bmx_words_for_bits(n);
-  for (size_t w = 0; w < words; ++w) {
-    size_t lo = 64 * w;
-    size_t hi = lo + 64 < n ? lo + 64 : n;
-    uint64_t word = 0;
-    for (size_t j = lo; j < hi; ++j) word |= bmx_sign_bit_f32(src[j * stride]) << (j - lo);
-    dst[w] = word;
   }
 }
 
@@ -432,19 +418,145 @@ static inline BMX_AVX512_TARGET void bmx_threshold_pack_avx512(const int32_t* y,
 #endif
 
 /* ------------------------------------------------------------------------- */
-/* Sign + pack of float tensors, vectorised (same bits as bmx_pack_*_f32)     */
+/* Float NCHW output: int32 result rows transposed into channel planes       */
+/* ------------------------------------------------------------------------- */
+/*
+ * Rows m0 .. m0+count-1 of int32 results (row m = n * pixels + p, an NHWC pixel)
+ * with ncols columns, c[i * ldc + j], are stored as float32 NCHW planes:
+ *     out[n * ldn + j * ldo + p] = (float)c[i * ldc + j]
+ * (out points at the first column's plane). float32 holds |y| <= 2^24 exactly,
+ * larger values round to nearest. Doing this per tile, while the results are
+ * still in cache, saves a pass over an int32 copy of the whole output.
+ */
+typedef void (*bmx_store_fn)(const int32_t* c, size_t ldc, size_t m0, size_t count, size_t ncols,
+                             size_t pixels, float* out, size_t ldn, size_t ldo);
+
+/* rows consecutive pixels of one image (dst: the first pixel in the first column's plane) */
+static inline void bmx_store_image_portable(const int32_t* c, size_t ldc, size_t rows,
+                                            size_t ncols, float* dst, size_t ldo) {
+  for (size_t j = 0; j < ncols; ++j)
+    for (size_t r = 0; r < rows; ++r) dst[j * ldo + r] = (float)c[r * ldc + j];
+}
+
+/* Calls store_image(c, ldc, rows, ncols, dst, ldo) for each stretch of rows within one image. */
+#define BMX_STORE_BY_IMAGE(store_image)                                  \
+  for (size_t i = 0; i < count;) {                                      \
+    const size_t m = m0 + i, n = m / pixels, p = m % pixels;            \
+    const size_t rows = pixels - p < count - i ? pixels - p : count - i; \
+    store_image(c + i * ldc, ldc, rows, ncols, out + n * ldn + p, ldo); \
+    i += rows;                                                          \
+  }
+
+static inline void bmx_store_nchw_portable(const int32_t* c, size_t ldc, size_t m0, size_t count,
+                                           size_t ncols, size_t pixels, float* out, size_t ldn,
+                                           size_t ldo) {
+  BMX_STORE_BY_IMAGE(bmx_store_image_portable)
+}
+
+#ifdef BMX_X86
+/* 8 x 8 blocks: convert 8 rows of 8 columns, transpose in registers, store 8 planes' pixels. */
+static inline BMX_AVX2_TARGET void bmx_store_image_avx2(const int32_t* c, size_t ldc, size_t rows,
+                                                        size_t ncols, float* dst, size_t ldo) {
+  const size_t rows8 = rows / 8 * 8, cols8 = ncols / 8 * 8;
+  for (size_t r = 0; r < rows8; r += 8) {
+    for (size_t j = 0; j < cols8; j += 8) {
+      __m256 v[8], t[8], u[8];
+      for (int k = 0; k < 8; ++k)
+        v[k] = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)(c + (r + k) * ldc + j)));
+      for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(v[k], v[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(v[k], v[k + 1]);
+      }
+      for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xee);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xee);
+      }
+      for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(dst + (j + k) * ldo + r, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(dst + (j + k + 4) * ldo + r, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+      }
+    }
+    for (size_t j = cols8; j < ncols; ++j)
+      for (size_t k = r; k < r + 8; ++k) dst[j * ldo + k] = (float)c[k * ldc + j];
+  }
+  bmx_store_image_portable(c + rows8 * ldc, ldc, rows - rows8, ncols, dst + rows8, ldo);
+}
+
+static inline BMX_AVX2_TARGET void bmx_store_nchw_avx2(const int32_t* c, size_t ldc, size_t m0,
+                                                       size_t count, size_t ncols, size_t pixels,
+                                                       float* out, size_t ldn, size_t ldo) {
+  BMX_STORE_BY_IMAGE(bmx_store_image_avx2)
+}
+#endif
+
+#undef BMX_STORE_BY_IMAGE
+
+/* ------------------------------------------------------------------------- */
+/* Sign + pack of float tensors, vectorised (same bits as bmx_pack_row_f32)   */
 /* ------------------------------------------------------------------------- */
 /*
  * Ordered ">= 0" compares give the sign convention exactly: -0.0 >= 0 holds,
  * NaN >= 0 does not.
+ *
+ * NCHW packing may first apply a per-channel affine threshold, the BatchNorm
+ * before a binary layer folded into its sign: channel c's bit is
+ *     m_c * x >= u_c    for m_c = +1 or -1 (m_c * x is x or -x, exactly)
+ *     0 >= u_c          for m_c = 0: a constant, whatever x is (NaN included)
+ * compared in float32 and ordered (a NaN x or u_c gives 0 when m_c != 0). The
+ * plain sign is m_c = +1, u_c = 0. The kernels take it prepared per channel
+ * (bmx_affine_prepare), so that every channel costs the same branch-free
+ * compare: `negate` is XORed into x's bits (0, or the sign bit: -x exactly),
+ * `bound` is u_c (NaN where m_c = 0, so that the compare never holds) and
+ * `ones` has, per packed word of a group, the constant 1 bits to OR in.
  */
+typedef struct bmx_affine {
+  const uint32_t* negate;
+  const float* bound;
+  const uint64_t* ones;
+} bmx_affine;
 
-/* Packs pixels p0 .. p0+count-1 of an NCHW plane along C, one pixel at a time. */
+#define BMX_SIGN_MASK 0x80000000u
+
+/*
+ * channels = groups * cg values of m and u -> negate, bound (channels each) and
+ * ones (groups * ceil(cg / 64) words, each group's channels packed on their own).
+ */
+static inline void bmx_affine_prepare(size_t channels, size_t groups, const int32_t* m,
+                                      const float* u, uint32_t* negate, float* bound,
+                                      uint64_t* ones) {
+  const size_t cg = channels / groups, gw = bmx_words_for_bits(cg);
+  memset(ones, 0, groups * gw * sizeof(uint64_t));
+  for (size_t c = 0; c < channels; ++c) {
+    negate[c] = m[c] < 0 ? BMX_SIGN_MASK : 0;
+    bound[c] = m[c] == 0 ? __builtin_nanf("") : u[c];
+    if (m[c] == 0 && 0.0f >= u[c]) ones[c / cg * gw + c % cg / 64] |= (uint64_t)1 << (c % cg % 64);
+  }
+}
+
+/*
+ * Packs pixels p0 .. p0+count-1 of an NCHW plane of `channels` channels (channel
+ * stride hw) along C, into dst[p * dst_stride + w]; a is NULL for the plain
+ * sign. One pixel at a time.
+ */
 static inline void bmx_pack_pixels_portable(const float* src, size_t channels, size_t hw,
-                                            size_t p0, size_t count, uint64_t* dst,
-                                            size_t dst_stride) {
-  for (size_t p = p0; p < p0 + count; ++p)
-    bmx_pack_strided_f32(src + p, channels, hw, dst + p * dst_stride);
+                                            size_t p0, size_t count, const bmx_affine* a,
+                                            uint64_t* dst, size_t dst_stride) {
+  const size_t words = bmx_words_for_bits(channels);
+  for (size_t p = p0; p < p0 + count; ++p) {
+    for (size_t w = 0; w < words; ++w) {
+      const size_t c1 = 64 * w + 64 < channels ? 64 * w + 64 : channels;
+      uint64_t word = 0;
+      for (size_t c = 64 * w; c < c1; ++c) {
+        const float v = src[c * hw + p];
+        const uint64_t bit =
+            a == NULL ? bmx_sign_bit_f32(v) : (uint64_t)((a->negate[c] ? -v : v) >= a->bound[c]);
+        word |= bit << (c - 64 * w);
+      }
+      dst[p * dst_stride + w] = a == NULL ? word : word | a->ones[w];
+    }
+  }
 }
 
 #ifdef BMX_X86
@@ -482,12 +594,12 @@ static inline BMX_AVX512_TARGET void bmx_pack_row_avx512(const float* src, size_
 /*
  * NCHW packs along C with channel stride hw: walk 8 (AVX2) or 16 (AVX-512)
  * neighbouring pixels together so that every load is contiguous, and OR each
- * channel's compare result into the pixels' words as bit c.
+ * channel's compare result into the pixels' words as bit c. The bodies take
+ * `affine` as a constant so that the plain sign keeps its plain loop.
  */
-static inline BMX_AVX2_TARGET void bmx_pack_pixels_avx2(const float* src, size_t channels,
-                                                        size_t hw, size_t p0, size_t count,
-                                                        uint64_t* dst, size_t dst_stride) {
-  const __m256 zero = _mm256_setzero_ps();
+static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_pack_pixels_avx2_body(
+    const int affine, const float* src, size_t channels, size_t hw, size_t p0, size_t count,
+    const bmx_affine* a, uint64_t* dst, size_t dst_stride) {
   size_t p = p0, words = bmx_words_for_bits(channels);
   for (; p + 8 <= p0 + count; p += 8) {
     for (size_t w = 0; w < words; ++w) {
@@ -495,8 +607,12 @@ static inline BMX_AVX2_TARGET void bmx_pack_pixels_avx2(const float* src, size_t
       __m256i bit = _mm256_set1_epi64x(1);
       size_t c1 = 64 * w + 64 < channels ? 64 * w + 64 : channels;
       for (size_t c = 64 * w; c < c1; ++c) {
-        __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(src + c * hw + p), zero,
-                                                       _CMP_GE_OQ));
+        __m256 v = _mm256_loadu_ps(src + c * hw + p), bound = _mm256_setzero_ps();
+        if (affine) {
+          v = _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32((int)a->negate[c])));
+          bound = _mm256_set1_ps(a->bound[c]);
+        }
+        __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(v, bound, _CMP_GE_OQ));
         lo = _mm256_or_si256(lo, _mm256_and_si256(
                                      _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ge)), bit));
         hi = _mm256_or_si256(hi, _mm256_and_si256(
@@ -506,20 +622,30 @@ static inline BMX_AVX2_TARGET void bmx_pack_pixels_avx2(const float* src, size_t
       uint64_t out[8];
       _mm256_storeu_si256((__m256i*)out, lo);
       _mm256_storeu_si256((__m256i*)(out + 4), hi);
-      for (int i = 0; i < 8; ++i) dst[(p + i) * dst_stride + w] = out[i];
+      const uint64_t ones = affine ? a->ones[w] : 0;
+      for (int i = 0; i < 8; ++i) dst[(p + i) * dst_stride + w] = out[i] | ones;
     }
   }
-  bmx_pack_pixels_portable(src, channels, hw, p, p0 + count - p, dst, dst_stride);
+  bmx_pack_pixels_portable(src, channels, hw, p, p0 + count - p, a, dst, dst_stride);
 }
 
-static inline BMX_AVX512_TARGET void bmx_pack_pixels_avx512(const float* src, size_t channels,
-                                                            size_t hw, size_t p0, size_t count,
-                                                            uint64_t* dst, size_t dst_stride) {
+static inline BMX_AVX2_TARGET void bmx_pack_pixels_avx2(const float* src, size_t channels,
+                                                        size_t hw, size_t p0, size_t count,
+                                                        const bmx_affine* a, uint64_t* dst,
+                                                        size_t dst_stride) {
+  if (a != NULL)
+    bmx_pack_pixels_avx2_body(1, src, channels, hw, p0, count, a, dst, dst_stride);
+  else
+    bmx_pack_pixels_avx2_body(0, src, channels, hw, p0, count, a, dst, dst_stride);
+}
+
+static inline __attribute__((always_inline)) BMX_AVX512_TARGET void bmx_pack_pixels_avx512_body(
+    const int affine, const float* src, size_t channels, size_t hw, size_t p0, size_t count,
+    const bmx_affine* a, uint64_t* dst, size_t dst_stride) {
   /*
    * 32-bit lanes take a whole 16-pixel compare mask in one masked OR; 64 pixels
    * per channel visit read 4 whole cache lines, so each channel row streams.
    */
-  const __m512 zero = _mm512_setzero_ps();
   const size_t words = bmx_words_for_bits(channels);
   for (size_t p = p0; p < p0 + count; p += 64) {
     const size_t live = p0 + count - p < 64 ? p0 + count - p : 64;
@@ -535,25 +661,44 @@ static inline BMX_AVX512_TARGET void bmx_pack_pixels_avx512(const float* src, si
         for (int q = 0; q < 4; ++q) acc[q] = _mm512_setzero_si512();
         size_t c0 = 64 * w + 32 * h, c1 = c0 + 32 < channels ? c0 + 32 : channels;
         for (size_t c = c0; c < c1; ++c) {
+          __m512i negate = _mm512_setzero_si512();
+          __m512 bound = _mm512_setzero_ps();
+          if (affine) {
+            negate = _mm512_set1_epi32((int)a->negate[c]);
+            bound = _mm512_set1_ps(a->bound[c]);
+          }
           for (int q = 0; q < 4; ++q) {
             __m512 v = _mm512_maskz_loadu_ps(keep[q], src + c * hw + p + 16 * q);
-            acc[q] = _mm512_mask_or_epi32(acc[q], _mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ), acc[q],
-                                          bit);
+            if (affine) v = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), negate));
+            acc[q] = _mm512_mask_or_epi32(acc[q], _mm512_cmp_ps_mask(v, bound, _CMP_GE_OQ),
+                                          acc[q], bit);
           }
           bit = _mm512_slli_epi32(bit, 1);
         }
         for (int q = 0; q < 4; ++q) _mm512_storeu_si512((void*)(half[h] + 16 * q), acc[q]);
       }
+      const uint64_t ones = affine ? a->ones[w] : 0;
       for (size_t i = 0; i < live; ++i)
-        dst[(p + i) * dst_stride + w] = half[0][i] | (uint64_t)half[1][i] << 32;
+        dst[(p + i) * dst_stride + w] = (half[0][i] | (uint64_t)half[1][i] << 32) | ones;
     }
   }
+}
+
+static inline BMX_AVX512_TARGET void bmx_pack_pixels_avx512(const float* src, size_t channels,
+                                                            size_t hw, size_t p0, size_t count,
+                                                            const bmx_affine* a, uint64_t* dst,
+                                                            size_t dst_stride) {
+  if (a != NULL)
+    bmx_pack_pixels_avx512_body(1, src, channels, hw, p0, count, a, dst, dst_stride);
+  else
+    bmx_pack_pixels_avx512_body(0, src, channels, hw, p0, count, a, dst, dst_stride);
 }
 #endif
 
 typedef void (*bmx_pack_row_fn)(const float* src, size_t n, uint64_t* dst);
 typedef void (*bmx_pack_pixels_fn)(const float* src, size_t channels, size_t hw, size_t p0,
-                                   size_t count, uint64_t* dst, size_t dst_stride);
+                                   size_t count, const bmx_affine* a, uint64_t* dst,
+                                   size_t dst_stride);
 
 /* OpenMP team size for a thread request (<= 0: the OpenMP default, i.e. OMP_NUM_THREADS). */
 static inline int bmx_team_size(int threads) {
@@ -589,10 +734,13 @@ static inline void bmx_pack_rows(const float* x, size_t rows, size_t n, uint64_t
 /*
  * Packs an NCHW tensor along C: (batch, channels, hw) floats -> (batch, hw,
  * groups * words_for_bits(channels / groups)) words, each group of channels
- * starting on a word boundary.
+ * starting on a word boundary. With m and u (channels values each, see
+ * bmx_affine above) channel c's bit is m[c] * x >= u[c]; both NULL: the sign.
+ * Returns 0, or -1 when memory ran out (out then undefined).
  */
-static inline void bmx_pack_nchw(const float* x, size_t batch, size_t channels, size_t hw,
-                                 size_t groups, uint64_t* out, int kernel, int threads) {
+static inline int bmx_pack_nchw(const float* x, size_t batch, size_t channels, size_t hw,
+                                size_t groups, const int32_t* m, const float* u, uint64_t* out,
+                                int kernel, int threads) {
   bmx_pack_pixels_fn pack = bmx_pack_pixels_portable;
 #ifdef BMX_X86
   if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_pixels_avx512;
@@ -602,6 +750,13 @@ static inline void bmx_pack_nchw(const float* x, size_t batch, size_t channels, 
 #endif
   const size_t cg = channels / groups, gw = bmx_words_for_bits(cg), pixel_words = groups * gw;
   const size_t blocks = (hw + 63) / 64, tasks = batch * groups * blocks;
+  const int affine = m != NULL;
+  /* one allocation: negate and bound per channel, then the constant words */
+  char* prepared = affine ? (char*)malloc(channels * 8 + pixel_words * sizeof(uint64_t)) : NULL;
+  if (affine && prepared == NULL) return -1;
+  if (affine)
+    bmx_affine_prepare(channels, groups, m, u, (uint32_t*)prepared,
+                       (float*)(prepared + channels * 4), (uint64_t*)(prepared + channels * 8));
   const int team = bmx_team_size(threads);
   (void)team;
 #pragma omp parallel for schedule(static) num_threads(team) \
@@ -609,9 +764,17 @@ static inline void bmx_pack_nchw(const float* x, size_t batch, size_t channels, 
   for (long t = 0; t < (long)tasks; ++t) {
     size_t b = (size_t)t / (groups * blocks), g = (size_t)t / blocks % groups;
     size_t p0 = 64 * ((size_t)t % blocks), count = hw - p0 < 64 ? hw - p0 : 64;
-    pack(x + (b * channels + g * cg) * hw, cg, hw, p0, count, out + b * hw * pixel_words + g * gw,
-         pixel_words);
+    bmx_affine group;
+    if (affine) {
+      group.negate = (const uint32_t*)prepared + g * cg;
+      group.bound = (const float*)(prepared + channels * 4) + g * cg;
+      group.ones = (const uint64_t*)(prepared + channels * 8) + g * gw;
+    }
+    pack(x + (b * channels + g * cg) * hw, cg, hw, p0, count, affine ? &group : NULL,
+         out + b * hw * pixel_words + g * gw, pixel_words);
   }
+  free(prepared);
+  return 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -674,21 +837,24 @@ static inline void bmx_xnor_pack_panels(const uint64_t* w, size_t ldw, size_t gr
 typedef struct bmx_conv_plan {
   bmx_microkernel kernel;
   bmx_threshold_fn threshold;
+  bmx_store_fn store;
   int mr, cols;
 } bmx_conv_plan;
 
 static inline bmx_conv_plan bmx_plan_for(int kernel) {
-  bmx_conv_plan plan = {bmx_mk_portable, bmx_threshold_pack_portable, BMX_MR_PORTABLE,
-                        BMX_COLS_PORTABLE};
+  bmx_conv_plan plan = {bmx_mk_portable, bmx_threshold_pack_portable, bmx_store_nchw_portable,
+                        BMX_MR_PORTABLE, BMX_COLS_PORTABLE};
 #ifdef BMX_X86
   if (kernel == BMX_KERNEL_AVX512) {
     plan.kernel = bmx_mk_avx512;
     plan.threshold = bmx_threshold_pack_avx512;
+    plan.store = bmx_store_nchw_avx2; /* AVX-512 CPUs have AVX2; a small pass either way */
     plan.mr = BMX_MR_AVX512;
     plan.cols = BMX_COLS_AVX512;
   } else if (kernel == BMX_KERNEL_AVX2) {
     plan.kernel = bmx_mk_avx2;
     plan.threshold = bmx_threshold_pack_avx2;
+    plan.store = bmx_store_nchw_avx2;
     plan.mr = BMX_MR_AVX2;
     plan.cols = BMX_COLS_AVX2;
   }
@@ -789,6 +955,7 @@ static inline void bmx_conv_tap_sums(size_t groups, size_t group_bits, size_t ou
   }
 }
 
+/* Adds the padding taps' corrections to columns col0 .. col1-1 of mr rows (c: column col0). */
 static inline void bmx_conv_apply_correction(const bmx_conv_shape* sh, size_t out_h, size_t out_w,
                                              const int32_t* corr, size_t m0, int mr, int32_t* c,
                                              size_t ldc, size_t col0, size_t col1) {
@@ -801,32 +968,50 @@ static inline void bmx_conv_apply_correction(const bmx_conv_shape* sh, size_t ou
         size_t iw = ow * sh->stride_w + kw * sh->dilation_w - sh->pad_w;
         if (ih < sh->in_h && iw < sh->in_w) continue;
         const int32_t* add = corr + (kh * sh->kernel_w + kw) * out_channels;
-        for (size_t o = col0; o < col1; ++o) c[r * ldc + o] += add[o];
+        for (size_t o = col0; o < col1; ++o) c[r * ldc + o - col0] += add[o];
       }
     }
   }
 }
 
-/* Panels per tile of the int32 form: 128 columns keep a tile's panels in L1/L2. */
+/* Panels per tile of the int32 and float forms: 128 columns keep a tile's panels in L1/L2. */
 #define BMX_TILE_PANELS 4
 #define BMX_TILE_BLOCKS 16
 /* int32 results a fused tile may buffer before thresholding (128 KiB) */
 #define BMX_FUSED_SCRATCH 32768
 
 /*
- * Runs a binary convolution (or GEMM). With pad_zero, tap_sums is the table of
- * bmx_conv_tap_sums, or NULL to compute it here. Exactly one output form:
- *   out (M x O int32, row stride ldo): y = sum over taps of the +/-1 dot products;
- *   bits (M x ceil(O/64) uint64, row stride ldb) with thresholds sgn/thr: the
- *     packed sign of the per-channel affine map, see bmx_threshold_prepare.
- * threads <= 0 uses the OpenMP default (OMP_NUM_THREADS). Returns 0; -1 when
- * memory ran out (outputs then undefined); -2 for an empty kernel (no taps or
- * no input channels) or one of 2^31 - 1 bits or more.
+ * Where bmx_xnor_conv writes its M x O results (rows m = (n * OH + oh) * OW + ow),
+ * in exactly one form:
+ *   y (int32, row stride ldy): y[m * ldy + o], the sum over taps of the +/-1 dot
+ *     products (NHWC);
+ *   nchw (float32): nchw[n * batch_stride + o * channel_stride + oh * OW + ow],
+ *     the same values converted (exact for |y| <= 2^24), each channel's OH x OW
+ *     plane contiguous; a channel slice of a larger NCHW tensor fits;
+ *   bits (uint64, row stride ldb) with thresholds sgn/thr: the packed sign of
+ *     the per-channel affine map, see bmx_threshold_prepare.
+ * The other pointers are NULL.
+ */
+typedef struct bmx_conv_output {
+  int32_t* y;
+  size_t ldy;
+  float* nchw;
+  size_t batch_stride, channel_stride;
+  const int32_t *sgn, *thr;
+  uint64_t* bits;
+  size_t ldb;
+} bmx_conv_output;
+
+/*
+ * Runs a binary convolution (or GEMM) into `out`. With pad_zero, tap_sums is the
+ * table of bmx_conv_tap_sums, or NULL to compute it here. threads <= 0 uses the
+ * OpenMP default (OMP_NUM_THREADS). Returns 0; -1 when memory ran out (outputs
+ * then undefined); -2 for an empty kernel (no taps or no input channels) or one
+ * of 2^31 - 1 bits or more.
  */
 static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
-                                const uint64_t* panels, const int32_t* tap_sums, int32_t* out,
-                                size_t ldo, const int32_t* sgn, const int32_t* thr,
-                                uint64_t* bits, size_t ldb, int kernel, int threads) {
+                                const uint64_t* panels, const int32_t* tap_sums,
+                                const bmx_conv_output* out, int kernel, int threads) {
   const bmx_conv_plan plan = bmx_plan_for(kernel);
   const size_t out_h = bmx_conv_out_extent(sh->in_h, sh->pad_h, sh->kernel_h, sh->stride_h,
                                            sh->dilation_h);
@@ -837,7 +1022,7 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
   const size_t row_words = taps * group_words, np = bmx_panels_for_rows(sh->out_per_group);
   const size_t table_size = taps * BMX_TABLE_MR;
   const int32_t k_bits = (int32_t)(taps * sh->group_bits);
-  const int fused = bits != NULL;
+  const int fused = out->bits != NULL, to_float = out->nchw != NULL;
   /* the micro-kernels need a non-empty K, and int32 results with room for thresholds */
   if (taps == 0 || group_words == 0 || taps * sh->group_bits >= INT32_MAX) return -2;
   if (rows == 0 || out_channels == 0) return 0;
@@ -862,14 +1047,15 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
   if (own_sums_needed)
     bmx_conv_tap_sums(sh->groups, sh->group_bits, sh->out_per_group, taps, panels, own_sums);
   const int32_t* corr = zero_pad ? (tap_sums != NULL ? tap_sums : own_sums) : NULL;
-  if (fused) bmx_threshold_prepare(out_channels, sgn, thr, lo, flip);
+  if (fused) bmx_threshold_prepare(out_channels, out->sgn, out->thr, lo, flip);
 
   /*
    * Work is cut into tiles of row blocks x panels, enough of them to balance the
    * team. Within a tile each panel in turn stays in L1 while the tile's row blocks
    * (mr rows each, whose input words also fit L1) meet it. The fused form needs
    * every column of a row before thresholding, so its tiles span all groups and
-   * panels and buffer their int32 results.
+   * panels. The fused and float forms buffer a tile's int32 results (row stride
+   * ldc) and convert them at its end.
    */
   const size_t blocks = (rows + plan.mr - 1) / plan.mr;
   size_t team = (size_t)bmx_team_size(threads);
@@ -882,6 +1068,8 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
   if (blocks_per_tile < 1) blocks_per_tile = 1;
   const size_t row_tiles = (blocks + blocks_per_tile - 1) / blocks_per_tile;
   const long tiles = (long)(row_tiles * panel_tiles);
+  const size_t tile_cols = (np < BMX_TILE_PANELS ? np : BMX_TILE_PANELS) * BMX_PANEL;
+  const size_t ldc = fused ? out_channels : to_float ? tile_cols : out->ldy;
   if ((size_t)tiles < team) team = (size_t)tiles;
   int failed = 0;
 
@@ -891,11 +1079,11 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
         (const uint64_t**)malloc(blocks_per_tile * table_size * sizeof(uint64_t*));
     size_t* offsets = (size_t*)malloc(taps * sizeof(size_t));
     unsigned char* border = (unsigned char*)malloc(blocks_per_tile);
-    int32_t* scratch = fused ? (int32_t*)malloc(blocks_per_tile * plan.mr * out_channels *
-                                                sizeof(int32_t))
-                             : NULL;
+    int32_t* scratch = fused || to_float ? (int32_t*)malloc(blocks_per_tile * plan.mr * ldc *
+                                                            sizeof(int32_t))
+                                         : NULL;
     const int ready = tables != NULL && offsets != NULL && border != NULL &&
-                      (scratch != NULL || !fused);
+                      (scratch != NULL || !(fused || to_float));
     if (offsets != NULL) bmx_conv_tap_offsets(sh, offsets);
     if (!ready) {
 #pragma omp atomic write
@@ -912,14 +1100,17 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
       const size_t count = rows - m0 < blocks_per_tile * plan.mr ? rows - m0
                                                                  : blocks_per_tile * plan.mr;
       const size_t nblocks = (count + plan.mr - 1) / plan.mr;
-      int32_t* c = fused ? scratch : out + m0 * ldo;
-      const size_t ldc = fused ? out_channels : ldo;
+      /* the tile's columns col0 .. col1-1; c holds them from column col0 on */
+      const size_t col0 = g0 * sh->out_per_group + p0 * BMX_PANEL;
+      size_t col1 = (g1 - 1) * sh->out_per_group + p1 * BMX_PANEL;
+      if (col1 > g1 * sh->out_per_group) col1 = g1 * sh->out_per_group;
+      int32_t* c = fused || to_float ? scratch : out->y + m0 * out->ldy + col0;
       for (size_t g = g0; g < g1; ++g) {
         bmx_conv_row_tables(sh, out_h, out_w, x, zeros, offsets, m0, count, plan.mr, g, tables,
                             border);
         for (size_t p = p0; p < p1; ++p) {
           const uint64_t* panel = panels + (g * np + p) * row_words * BMX_PANEL;
-          const size_t col = g * sh->out_per_group + p * BMX_PANEL;
+          const size_t col = g * sh->out_per_group + p * BMX_PANEL - col0;
           const size_t live = sh->out_per_group - p * BMX_PANEL < BMX_PANEL
                                   ? sh->out_per_group - p * BMX_PANEL
                                   : BMX_PANEL;
@@ -935,9 +1126,6 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
         }
       }
       if (corr != NULL) {
-        const size_t col0 = g0 * sh->out_per_group + p0 * BMX_PANEL;
-        size_t col1 = (g1 - 1) * sh->out_per_group + p1 * BMX_PANEL;
-        if (col1 > g1 * sh->out_per_group) col1 = g1 * sh->out_per_group;
         for (size_t b = 0; b < nblocks; ++b) {
           if (!border[b]) continue;
           const int mr = count - b * plan.mr < (size_t)plan.mr ? (int)(count - b * plan.mr)
@@ -946,7 +1134,13 @@ static inline int bmx_xnor_conv(const bmx_conv_shape* sh, const uint64_t* x,
                                     c + b * plan.mr * ldc, ldc, col0, col1);
         }
       }
-      if (fused) plan.threshold(scratch, count, out_channels, lo, flip, bits + m0 * ldb, ldb);
+      if (fused)
+        plan.threshold(scratch, count, out_channels, lo, flip, out->bits + m0 * out->ldb,
+                       out->ldb);
+      if (to_float)
+        plan.store(scratch, ldc, m0, count, col1 - col0, out_h * out_w,
+                   out->nchw + col0 * out->channel_stride, out->batch_stride,
+                   out->channel_stride);
     }
     free(tables);
     free(offsets);
@@ -981,7 +1175,11 @@ static inline int bmx_xnor_gemm(const uint64_t* a, size_t lda, const uint64_t* b
   sh.out_per_group = n;
   sh.kernel_h = sh.kernel_w = sh.stride_h = sh.stride_w = sh.dilation_h = sh.dilation_w = 1;
   if (bmx_words_for_bits(sh.group_bits) != kw) return -2;
-  return bmx_xnor_conv(&sh, a, b_panels, NULL, c, ldc, NULL, NULL, NULL, 0, kernel, threads);
+  bmx_conv_output out;
+  memset(&out, 0, sizeof(out));
+  out.y = c;
+  out.ldy = ldc;
+  return bmx_xnor_conv(&sh, a, b_panels, NULL, &out, kernel, threads);
 }
 
 #ifdef __cplusplus

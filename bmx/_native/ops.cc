@@ -646,28 +646,6 @@ int op_kernel() {
   return forced >= 0 ? forced : best;
 }
 
-// (N, P, O) int32 -> (N, O, P) float32, by 32 x 32 tiles so that both the reads and the writes
-// stay within a few cache lines at a time.
-void nhwc_to_nchw(const int32_t* y, int64_t batch, int64_t pixels, int64_t channels,
-                  float* out) {
-  const int64_t tile = 32;
-  const int64_t pixel_tiles = (pixels + tile - 1) / tile;
-  const int64_t channel_tiles = (channels + tile - 1) / tile;
-  const int64_t tiles = batch * pixel_tiles * channel_tiles;
-#pragma omp parallel for schedule(static) num_threads(op_threads()) \
-    if (batch * pixels * channels > kParallelGrain)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t n = t / (pixel_tiles * channel_tiles);
-    const int64_t p0 = t / channel_tiles % pixel_tiles * tile, c0 = t % channel_tiles * tile;
-    const int64_t p1 = std::min(p0 + tile, pixels), c1 = std::min(c0 + tile, channels);
-    const int32_t* src = y + n * pixels * channels;
-    float* dst = out + n * channels * pixels;
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t p = p0; p < p1; ++p)
-        dst[c * pixels + p] = static_cast<float>(src[p * channels + c]);
-  }
-}
-
 // A stateful op so that the weights' re-layout for the kernels (panels, and the tap sums of
 // zero padding) is made once, not on every call: for a batch-1 dense layer (a 1x1 convolution
 // of a 1x1 image) it costs over ten times the product itself. MXNet keeps one state per graph
@@ -767,25 +745,23 @@ MXReturnValue XnorConv2d::Forward(std::vector<MXTensor>* inputs, std::vector<MXT
   if (out.size() == 0) return MX_SUCCESS;
   if (!prepare_weights(weight, g)) return MX_FAIL;
 
-  // packed input (N, H, W, G * Wd) and int32 results (N, OH, OW, O), in one request: every
-  // alloc_cpu of a call returns the same (resized) MXNet temp space
+  // the packed input (N, H, W, G * Wd); the kernels write the float32 output themselves
   const size_t input_words = g.batch * g.in_h * g.in_w * p_.num_group * g.group_words;
-  const size_t rows = g.batch * g.out_h * g.out_w;
-  const size_t input_bytes = (input_words * sizeof(uint64_t) + 63) / 64 * 64;
-  const size_t bytes = input_bytes + rows * p_.num_filter * sizeof(int32_t);
+  const size_t bytes = input_words * sizeof(uint64_t);
   if (bytes > static_cast<size_t>(INT_MAX)) {
     MX_ERROR_MSG << kXnorConv << ": this call needs " << bytes
                  << " bytes of scratch, more than the 2 GiB MXNet's temp space gives; "
                  << "use a smaller batch";
     return MX_FAIL;
   }
-  char* scratch = static_cast<char*>(res.alloc_cpu(static_cast<int>(bytes)));
-  uint64_t* input = reinterpret_cast<uint64_t*>(scratch);
-  int32_t* y = reinterpret_cast<int32_t*>(scratch + input_bytes);
+  uint64_t* input = static_cast<uint64_t*>(res.alloc_cpu(static_cast<int>(bytes)));
 
   const int kernel = op_kernel(), threads = op_threads();
-  bmx_pack_nchw(data.data<float>(), g.batch, g.channels, g.in_h * g.in_w, p_.num_group, input,
-                kernel, threads);
+  if (bmx_pack_nchw(data.data<float>(), g.batch, g.channels, g.in_h * g.in_w, p_.num_group,
+                    nullptr, nullptr, input, kernel, threads) != 0) {
+    MX_ERROR_MSG << kXnorConv << ": out of memory";
+    return MX_FAIL;
+  }
   bmx_conv_shape sh;
   sh.batch = g.batch;
   sh.in_h = g.in_h;
@@ -804,15 +780,17 @@ MXReturnValue XnorConv2d::Forward(std::vector<MXTensor>* inputs, std::vector<MXT
   sh.dilation_w = p_.dilate[1];
   sh.pad_zero = p_.pad_zero;
   const int32_t* sums = tap_sums_.empty() ? nullptr : tap_sums_.data();
-  const int rc = bmx_xnor_conv(&sh, input, panels_.get(), sums, y, p_.num_filter, nullptr, nullptr,
-                               nullptr, 0, kernel, threads);
+  bmx_conv_output result = {};
+  result.nchw = out.data<float>();
+  result.channel_stride = g.out_h * g.out_w;
+  result.batch_stride = p_.num_filter * result.channel_stride;
+  const int rc = bmx_xnor_conv(&sh, input, panels_.get(), sums, &result, kernel, threads);
   if (rc != 0) {
     MX_ERROR_MSG << kXnorConv
                  << (rc == -1 ? ": out of memory" : ": the kernels rejected the shape (code ")
                  << (rc == -1 ? "" : std::to_string(rc) + ")");
     return MX_FAIL;
   }
-  nhwc_to_nchw(y, g.batch, g.out_h * g.out_w, p_.num_filter, out.data<float>());
   return MX_SUCCESS;
 }
 
