@@ -338,8 +338,8 @@ def _round_half_away(v):
     return np.where(tie, np.trunc(v) + np.sign(v), r).astype(v.dtype)
 
 
-class _QuantizeAct(_Op):
-    """bmx_quantize_act forward: round((2^k - 1) clip(x, 0, 1)) / (2^k - 1) in float32."""
+class _KBit(_Op):
+    """A k-bit quantizer: its ``bits`` attribute (2..8) gives 2^k - 1 levels above 0."""
 
     def __init__(self, node, params, runtime):
         super().__init__(node, params, runtime)
@@ -347,21 +347,18 @@ class _QuantizeAct(_Op):
         if not 2 <= bits <= 8:
             node.fail(f"bits={bits} is outside 2..8")
         self.levels = _F32(2 ** bits - 1)
+
+
+class _QuantizeAct(_KBit):
+    """bmx_quantize_act forward: round((2^k - 1) clip(x, 0, 1)) / (2^k - 1) in float32."""
 
     def run(self, x, out=None):
         v = np.clip(x, _F32(0), _F32(1)).astype(_F32) * self.levels
         return _into(_round_half_away(v) / self.levels, out)
 
 
-class _QuantizeWeight(_Op):
+class _QuantizeWeight(_KBit):
     """bmx_quantize_weight forward (DoReFa, the whole tensor's max |tanh|), for constant folding."""
-
-    def __init__(self, node, params, runtime):
-        super().__init__(node, params, runtime)
-        bits = node.int("bits", _REQUIRED)
-        if not 2 <= bits <= 8:
-            node.fail(f"bits={bits} is outside 2..8")
-        self.levels = _F32(2 ** bits - 1)
 
     def run(self, x, out=None):
         t = np.tanh(x.astype(_F32))
