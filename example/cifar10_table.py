@@ -206,7 +206,9 @@ def markdown(records, runs_dir):
     lines = ["# CIFAR-10: BinaryDenseNet-28 and the paper's ablations", "",
              "Written by `python example/reproduce.py --table cifar10 --data-dir DIR` (see docs/reproduce.md). "
              "Validation: 5,000 images of the CIFAR-10 training split held out with a fixed seed, never trained "
-             "on. Recipe for every run: " + f"`{' '.join(RECIPE)}`, one seed unless stated.", ""]
+             "on. Recipe for every run: " + f"`{' '.join(RECIPE)}`, one seed unless stated. Minutes are wall "
+             "clock (training and validation) and include any time the machine was shared with other work; "
+             "the median images/s over epochs is the steadier speed measure.", ""]
     packed = os.path.join(RESULTS, "cifar10-packed.json")
     for group in GROUPS:
         lines += [f"## {group.title}", "", f"Budget: at most {group.minutes} minutes per run; {group.question}", "",
