@@ -592,6 +592,15 @@ class _BatchNormSign(_Op):
         return out
 
 
+def _read_window(op, node):
+    """Sets a convolution's kernel, stride, pad, dilate and groups from its node's attributes."""
+    op.kernel = node.pair("kernel", _REQUIRED)
+    op.stride = node.pair("stride", (1, 1))
+    op.pad = node.pair("pad", (0, 0))
+    op.dilate = node.pair("dilate", (1, 1))
+    op.groups = node.int("num_group", 1)
+
+
 class _Convolution(_Op):
     """Float 2-D convolution (NCHW, groups, stride, pad, dilate, optional bias). A 1x1 kernel (stride
     1, no padding) multiplies the channels directly (BLAS). Other kernels run floatops.h's direct
@@ -603,11 +612,7 @@ class _Convolution(_Op):
 
     def __init__(self, node, params, runtime):
         super().__init__(node, params, runtime)
-        self.kernel = node.pair("kernel", _REQUIRED)
-        self.stride = node.pair("stride", (1, 1))
-        self.pad = node.pair("pad", (0, 0))
-        self.dilate = node.pair("dilate", (1, 1))
-        self.groups = node.int("num_group", 1)
+        _read_window(self, node)
         filters = node.int("num_filter", _REQUIRED)
         if node.str("layout", "NCHW") != "NCHW":
             node.fail(f"layout {node.attrs['layout']} is not supported (only NCHW)")
@@ -698,11 +703,7 @@ class _XnorConv(_Op):
 
     def __init__(self, node, params, runtime):
         super().__init__(node, params, runtime)
-        self.kernel = node.pair("kernel", _REQUIRED)
-        self.stride = node.pair("stride", (1, 1))
-        self.pad = node.pair("pad", (0, 0))
-        self.dilate = node.pair("dilate", (1, 1))
-        self.groups = node.int("num_group", 1)
+        _read_window(self, node)
         self.filters = node.int("num_filter", _REQUIRED)
         self.pad_value = node.float("pad_value", -1.0)
         if self.pad_value not in (-1.0, 0.0):
