@@ -14,6 +14,7 @@ held-out images with ``example/evaluate.py --packed``.
 import collections
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -74,7 +75,11 @@ GROUPS = (
 )
 
 PRETRAINED = os.path.join("example", "pretrained", "bdn28-cifar10")
-RESULTS = os.path.join("docs", "results")
+RESULTS = os.path.join(ROOT, "docs", "results")
+REPRODUCE_DOC = os.path.join(ROOT, "docs", "reproduce.md")
+DOC_BEGIN, DOC_END = "<!-- cifar10-results:begin -->", "<!-- cifar10-results:end -->"
+SEED_PAIR = ("bdn28h-clip1.3", "bdn28h-clip1.3-seed1")
+VALIDATION_IMAGES = 5000
 
 
 def unique_runs():
@@ -132,6 +137,7 @@ def run(args, extra=()):
 def pack_and_evaluate(data_dir, runs_dir):
     """Packs the main binary model into example/pretrained/ and records its held-out accuracy."""
     binarize, evaluate = (_absolute(c) for c in pack_commands(data_dir, runs_dir))
+    os.makedirs(os.path.dirname(PRETRAINED), exist_ok=True)
     print(f"[cifar10] packing: {shell(binarize)}", flush=True)
     code = subprocess.call(binarize)
     if code:
@@ -152,13 +158,23 @@ def summarize(r, runs_dir):
     history = state.get("history", [])
     tops = [h["val_top1"] for h in history if h.get("val_top1") is not None]
     speeds = sorted(h["images_per_s"] for h in history)
+    times = sorted(h["time_s"] for h in history)
     return dict(run=r.name, label=r.label, model=r.model, flags=" ".join(r.flags), epochs_budget=r.epochs,
                 epochs_done=len(history), finished=bool(state.get("finished")),
                 final_top1=round(100 * tops[-1], 2) if tops else None,
                 best_top1=round(100 * max(tops), 2) if tops else None,
-                train_minutes=round(sum(h["time_s"] for h in history) / 60, 1) if history else None,
-                median_images_per_s=round(speeds[len(speeds) // 2], 1) if speeds else None,
+                train_minutes=round(sum(times) / 60, 1) if history else None,
+                # Epochs are alike, so the budget at the median epoch time is the run's length on an idle
+                # machine even when some epochs shared the CPU with other work.
+                median_budget_minutes=round(r.epochs * _median(times) / 60, 1) if times else None,
+                median_images_per_s=round(_median(speeds), 1) if speeds else None,
                 size_mb=round(_size_mb(r), 3), curve=[h.get("val_top1") for h in history])
+
+
+def _median(values):
+    """The median of a non-empty sorted list."""
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def _size_mb(r):
@@ -176,7 +192,7 @@ def _size_mb(r):
 
 
 def write_results(runs_dir):
-    """docs/results/cifar10.csv, cifar10.md and one accuracy-curve PNG per group."""
+    """docs/results/cifar10.csv, cifar10.md, one accuracy-curve PNG per group, and docs/reproduce.md's table."""
     os.makedirs(RESULTS, exist_ok=True)
     records = {r.name: summarize(r, runs_dir) for r in unique_runs()}
     fields = [k for k in next(iter(records.values())) if k != "curve"]
@@ -195,6 +211,7 @@ def write_results(runs_dir):
     with open(md_path + ".tmp", "w") as f:
         f.write(markdown(records, runs_dir))
     os.replace(md_path + ".tmp", md_path)
+    update_reproduce_doc(records, REPRODUCE_DOC)
     return csv_path
 
 
@@ -206,22 +223,24 @@ def markdown(records, runs_dir):
     lines = ["# CIFAR-10: BinaryDenseNet-28 and the paper's ablations", "",
              "Written by `python example/reproduce.py --table cifar10 --data-dir DIR` (see docs/reproduce.md). "
              "Validation: 5,000 images of the CIFAR-10 training split held out with a fixed seed, never trained "
-             "on. Recipe for every run: " + f"`{' '.join(RECIPE)}`, one seed unless stated. Minutes are wall "
-             "clock (training and validation) and include any time the machine was shared with other work; "
-             "the median images/s over epochs is the steadier speed measure.", ""]
-    packed = os.path.join(RESULTS, "cifar10-packed.json")
+             "on. Recipe for every run: " + f"`{' '.join(RECIPE)}`, one seed unless stated. Wall minutes cover "
+             "training and validation and include any time the machine was shared with other work; the budget "
+             "at the median epoch time is the run's length on an idle machine.", ""]
+    lines += _noise(records)
     for group in GROUPS:
-        lines += [f"## {group.title}", "", f"Budget: at most {group.minutes} minutes per run; {group.question}", "",
+        lines += [f"## {group.title}", "", f"Budget: at most {group.minutes} minutes per run. {group.question}", "",
                   f"![validation accuracy](cifar10-{group.key}.png)", "",
-                  "| run | flags | epochs | minutes (incl. validation) | img/s | size MB | best val top-1 % | final val top-1 % |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| run | flags | epochs | wall minutes | budget x median epoch, minutes | img/s | size MB | "
+                  "best val top-1 % | final val top-1 % |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in group.runs:
             rec = records[r.name]
             done = f"{rec['epochs_done']}/{rec['epochs_budget']}"
             lines.append(f"| {r.label} | `{rec['flags']}` | {done} | {_fmt(rec['train_minutes'])} | "
-                         f"{_fmt(rec['median_images_per_s'])} | {rec['size_mb']:.2f} | {_fmt(rec['best_top1'])} | "
-                         f"{_fmt(rec['final_top1'])} |")
+                         f"{_fmt(rec['median_budget_minutes'])} | {_fmt(rec['median_images_per_s'])} | "
+                         f"{rec['size_mb']:.2f} | {_fmt(rec['best_top1'])} | {_fmt(rec['final_top1'])} |")
         lines.append("")
+    packed = os.path.join(RESULTS, "cifar10-packed.json")
     if os.path.isfile(packed):
         with open(packed) as f:
             result = json.load(f)
@@ -229,6 +248,46 @@ def markdown(records, runs_dir):
                   f"top-1 {100 * result['top1']:.2f} %, top-5 {100 * result['top5']:.2f} % on "
                   f"{result['images']} held-out images.", ""]
     return "\n".join(lines)
+
+
+def _noise(records):
+    """How far apart two runs may end by chance: the seed pair and the binomial error of 5,000 images."""
+    a, b = (records[name]["final_top1"] for name in SEED_PAIR)
+    if a is None or b is None or not all(records[name]["finished"] for name in SEED_PAIR):
+        return []
+    p = (a + b) / 200
+    # Standard error of the difference of two independent accuracies measured on the same 5,000 images.
+    se_diff = 100 * math.sqrt(2 * p * (1 - p) / VALIDATION_IMAGES)
+    return [f"Noise: the same run with two seeds ({SEED_PAIR[0]}, {SEED_PAIR[1]}) ended at {a:.2f} and {b:.2f} % "
+            f"(difference {abs(a - b):.2f} points); the binomial standard error of a difference between two "
+            f"top-1 values on {VALIDATION_IMAGES:,} images is {se_diff:.2f} points. A difference of less than "
+            f"about {max(abs(a - b), 2 * se_diff):.1f} points within a group is not evidence either way.", ""]
+
+
+def reproduce_doc_table(records):
+    """The results table for docs/reproduce.md: one line per run of every group."""
+    lines = ["| group | run | epochs | wall minutes | budget x median epoch, minutes | size MB | final val top-1 % |",
+             "|---|---|---|---|---|---|---|"]
+    for group in GROUPS:
+        for r in group.runs:
+            rec = records[r.name]
+            lines.append(f"| {group.key} | {r.label} | {rec['epochs_done']}/{rec['epochs_budget']} | "
+                         f"{_fmt(rec['train_minutes'])} | {_fmt(rec['median_budget_minutes'])} | "
+                         f"{rec['size_mb']:.2f} | {_fmt(rec['final_top1'])} |")
+    return "\n".join(lines)
+
+
+def update_reproduce_doc(records, path):
+    """Replaces the text between the cifar10-results markers of ``path`` with the current table."""
+    with open(path) as f:
+        doc = f.read()
+    begin, end = doc.find(DOC_BEGIN), doc.find(DOC_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path}: expected the markers {DOC_BEGIN!r} and {DOC_END!r} around the CIFAR-10 results")
+    doc = doc[:begin + len(DOC_BEGIN)] + "\n" + reproduce_doc_table(records) + "\n" + doc[end:]
+    with open(path + ".tmp", "w") as f:
+        f.write(doc)
+    os.replace(path + ".tmp", path)
 
 
 def _plot(group, records, path):

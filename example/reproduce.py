@@ -6,6 +6,7 @@
     python example/reproduce.py --table later --data-dir ~/imagenet      # run them, then write the results
     python example/reproduce.py --table all --markdown                   # the tables of docs/reproduce.md
     python example/reproduce.py --table cifar10 --data-dir DIR           # CIFAR-10: main result + ablations
+    python example/reproduce.py --table cifar10 --tabulate               # CIFAR-10 results from runs/ only
 
 Each row is one train_imagenet.py run in RUNS/<run name> (default RUNS = runs). Running a table
 executes its rows in order; a finished row is skipped and an interrupted one is resumed (the same
@@ -224,6 +225,8 @@ def main(argv=None):
     p.add_argument("--runs-dir", default="runs", help="parent of the run directories and the results files")
     p.add_argument("--ctx", default="gpu:0,1,2,3")
     p.add_argument("--batch-size", type=int, default=64, help="per device (default 64)")
+    p.add_argument("--tabulate", action="store_true",
+                   help="cifar10 only: rewrite the results from the runs directory without training")
     p.add_argument("--extra", default="", help="flags appended to every command, e.g. \"--epochs 1\"")
     args = p.parse_args(argv)
     if args.list:
@@ -240,6 +243,8 @@ def main(argv=None):
         p.error("--table is required (or --list)")
     if args.table == "cifar10":
         return _cifar10(p, args)
+    if args.tabulate:
+        p.error("--tabulate is for --table cifar10 (the ImageNet tables are rewritten after every row)")
     names = list(TABLES) if args.table == "all" else [args.table]
     extra = shlex.split(args.extra)
     if args.markdown:
@@ -268,6 +273,8 @@ def _cifar10(p, args):
         print(cifar10_table.commands_markdown(data_dir, args.runs_dir))
     elif args.dry_run:
         cifar10_table.dry_run(data_dir, args.runs_dir, extra)
+    elif args.tabulate:
+        print(f"[cifar10] results: {cifar10_table.write_results(os.path.abspath(args.runs_dir))}")
     elif data_dir == "$CIFAR10":
         p.error("--data-dir (the directory of CIFAR-10's train.rec and train.idx) is required to run the table")
     else:
