@@ -256,7 +256,8 @@ def _noise(records):
     if a is None or b is None or not all(records[name]["finished"] for name in SEED_PAIR):
         return []
     p = (a + b) / 200
-    # Standard error of the difference of two independent accuracies measured on the same 5,000 images.
+    # Binomial standard error of a difference of two top-1 values, treating the two runs' mistakes as
+    # independent; runs that miss the same hard images differ less, so this errs on the wide side.
     se_diff = 100 * math.sqrt(2 * p * (1 - p) / VALIDATION_IMAGES)
     return [f"Noise: the same run with two seeds ({SEED_PAIR[0]}, {SEED_PAIR[1]}) ended at {a:.2f} and {b:.2f} % "
             f"(difference {abs(a - b):.2f} points); the binomial standard error of a difference between two "
