@@ -22,6 +22,14 @@ def shipped():
     return parts, graph
 
 
+@pytest.fixture(scope="module")
+def output_shapes():
+    """Every node output's shape for one 32x32 image, by MXNet's shape inference on the symbol."""
+    internals = mx.sym.load(os.path.join(MODEL, "model-symbol.json")).get_internals()
+    _, shapes, _ = internals.infer_shape(data=(1, 3, 32, 32))
+    return dict(zip(internals.list_outputs(), shapes))
+
+
 def test_everything_shipped_fits_8_mb():
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(PRETRAINED) for f in files)
     assert total <= 8_000_000
@@ -42,12 +50,8 @@ def test_metadata_and_readme_describe_the_training(shipped):
     assert "tools/binarize_model.py runs/cifar10/bdn28-binary --output example/pretrained/bdn28-cifar10" in readme
 
 
-def _input_channels(graph, node_index):
-    """Channels of a node's data input, by MXNet's shape inference on the symbol."""
-    sym = mx.sym.load(os.path.join(MODEL, "model-symbol.json"))
-    internals = sym.get_internals()
-    _, shapes, _ = internals.infer_shape(data=(1, 3, 32, 32))
-    by_name = dict(zip(internals.list_outputs(), shapes))
+def _input_channels(graph, node_index, by_name):
+    """Channels of a node's data input."""
     src, out_index, _ = graph["nodes"][node_index]["inputs"][0]
     src_node = graph["nodes"][src]
     name = src_node["name"] if src_node["op"] == "null" else f"{src_node['name']}_output"
@@ -56,7 +60,7 @@ def _input_channels(graph, node_index):
     return by_name[name][1]
 
 
-def test_binary_weights_are_packed_words_with_clean_tails(shipped):
+def test_binary_weights_are_packed_words_with_clean_tails(shipped, output_shapes):
     parts, graph = shipped
     params = parts.params
     xnor = [(i, n) for i, n in enumerate(graph["nodes"]) if n["op"] == "bmx_xnor_conv2d"]
@@ -65,7 +69,7 @@ def test_binary_weights_are_packed_words_with_clean_tails(shipped):
     for i, node in xnor:
         weight = graph["nodes"][node["inputs"][1][0]]["name"]
         words = params[f"arg:{weight}"] if f"arg:{weight}" in params else params[weight]
-        channels = _input_channels(graph, i)
+        channels = _input_channels(graph, i, output_shapes)
         assert words.shape == (int(node["attrs"]["num_filter"]), 3, 3, -(-channels // 64)), node["name"]
         bits = np.unpackbits(words.view(np.uint8).reshape(words.shape + (8,)), axis=-1, bitorder="little")
         bits = bits.reshape(words.shape[:3] + (-1,))
