@@ -64,14 +64,19 @@ GROUPS = (
         _P16._replace(label="16 x 64"),
         Run("poster-32x32", "32 x 32", "bdn_poster_32x64", ("--growth-rate", "32"), 8),
     ), "Paper: more connections (more, narrower layers) are better: 50.2 / 52.7 / 54.3 top-1 on ImageNet."),
-    # A 2 x growth bottleneck keeps the size comparable (0.47 vs 0.51 MB) and the run inside 30
-    # minutes; DenseNet-BC's 4 x growth would need about 35 minutes for the 8 epochs here.
+    # A 2 x growth bottleneck keeps the size comparable (0.47 vs 0.51 MB). Its extra 1x1 convolution
+    # made 8 epochs take 32.5 minutes on the measured machine, over the cap, so the run that
+    # respects the 30 minutes has 7 epochs; the 8-epoch run stays as the same-epochs comparison.
     Group("bottleneck", "Bottleneck vs none (BinaryDenseNet-28 at half width; 1x1 binary bottleneck of "
           "2 x growth channels)", 30, (
         _CLIP_BASE._replace(label="no bottleneck"),
-        Run("bdn28h-bottleneck", "bottleneck 2 x growth", "binary_densenet28",
-            _HALF + ("--clip-threshold", "1.3", "--bottleneck", "2"), 8),
-    ), "Paper: a binary bottleneck squeezes information through few binary channels and costs accuracy."),
+        Run("bdn28h-bottleneck-7ep", "bottleneck 2 x growth, 7 epochs", "binary_densenet28",
+            _HALF + ("--clip-threshold", "1.3", "--bottleneck", "2"), 7),
+        Run("bdn28h-bottleneck", "bottleneck 2 x growth, 8 epochs (same epochs, over the time cap)",
+            "binary_densenet28", _HALF + ("--clip-threshold", "1.3", "--bottleneck", "2"), 8),
+    ), "Paper: a binary bottleneck squeezes information through few binary channels and costs accuracy. "
+       "The bottleneck's extra 1x1 convolution is slower per epoch, so 8 epochs overrun the 30 minutes; "
+       "the 7-epoch run is the comparison at the same time budget."),
 )
 
 PRETRAINED = os.path.join("example", "pretrained", "bdn28-cifar10")
@@ -215,8 +220,8 @@ def write_results(runs_dir):
     return csv_path
 
 
-def _fmt(value, suffix=""):
-    return "-" if value is None else f"{value}{suffix}"
+def _fmt(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(records, runs_dir):
@@ -230,15 +235,15 @@ def markdown(records, runs_dir):
     for group in GROUPS:
         lines += [f"## {group.title}", "", f"Budget: at most {group.minutes} minutes per run. {group.question}", "",
                   f"![validation accuracy](cifar10-{group.key}.png)", "",
-                  "| run | flags | epochs | wall minutes | budget x median epoch, minutes | img/s | size MB | "
+                  "| run | model and flags | epochs | wall minutes | budget x median epoch, minutes | img/s | size MB | "
                   "best val top-1 % | final val top-1 % |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in group.runs:
             rec = records[r.name]
             done = f"{rec['epochs_done']}/{rec['epochs_budget']}"
-            lines.append(f"| {r.label} | `{rec['flags']}` | {done} | {_fmt(rec['train_minutes'])} | "
+            lines.append(f"| {r.label} | `--model {r.model} {rec['flags']}` | {done} | {_fmt(rec['train_minutes'])} | "
                          f"{_fmt(rec['median_budget_minutes'])} | {_fmt(rec['median_images_per_s'])} | "
-                         f"{rec['size_mb']:.2f} | {_fmt(rec['best_top1'])} | {_fmt(rec['final_top1'])} |")
+                         f"{rec['size_mb']:.2f} | {_fmt(rec['best_top1'], 2)} | {_fmt(rec['final_top1'], 2)} |")
         lines.append("")
     packed = os.path.join(RESULTS, "cifar10-packed.json")
     if os.path.isfile(packed):
@@ -246,7 +251,7 @@ def markdown(records, runs_dir):
             result = json.load(f)
         lines += ["## The packed model", "", f"`{PRETRAINED}` evaluated with `example/evaluate.py --packed`: "
                   f"top-1 {100 * result['top1']:.2f} %, top-5 {100 * result['top5']:.2f} % on "
-                  f"{result['images']} held-out images.", ""]
+                  f"{result['images']:,} held-out images.", ""]
     return "\n".join(lines)
 
 
@@ -274,7 +279,7 @@ def reproduce_doc_table(records):
             rec = records[r.name]
             lines.append(f"| {group.key} | {r.label} | {rec['epochs_done']}/{rec['epochs_budget']} | "
                          f"{_fmt(rec['train_minutes'])} | {_fmt(rec['median_budget_minutes'])} | "
-                         f"{rec['size_mb']:.2f} | {_fmt(rec['final_top1'])} |")
+                         f"{rec['size_mb']:.2f} | {_fmt(rec['final_top1'], 2)} |")
     return "\n".join(lines)
 
 
