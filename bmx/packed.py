@@ -489,7 +489,8 @@ def save_model(directory, graph, params, meta, force=False):
 
     ``graph``: the symbol JSON as a dict; ``params``: dict ``"arg:NAME"`` / ``"aux:NAME"`` ->
     finite numpy array (every NAME a variable of the graph); ``meta``: a JSON-serializable dict for
-    model.json, written with ``packed.params_sha256`` (the params file's sha256) added. Everything
+    model.json (its ``preprocessing``, if any, valid: :func:`check_preprocessing`), written with
+    ``packed.params_sha256`` (the params file's sha256) added. Everything
     is validated first, then written into a temporary sibling directory that is renamed into
     place, so an interrupted write never leaves a partial model under ``directory``. An existing
     ``directory`` is an error (FileExistsError, left untouched) unless ``force`` and
@@ -507,6 +508,8 @@ def save_model(directory, graph, params, meta, force=False):
         raise TypeError(f"{meta_path}: meta must be a dict, got {type(meta).__name__}")
     if not isinstance(meta.get("packed", {}), dict):
         raise TypeError(f"{meta_path}: meta['packed'] must be a dict, got {type(meta['packed']).__name__}")
+    if "preprocessing" in meta:  # a model that load_model would refuse is not written
+        check_preprocessing(meta["preprocessing"], meta_path, meta)
     texts = {SYMBOL_FILE: json.dumps(graph, indent=2)}
     json.dumps(meta)  # fail before writing
     recover(out)
