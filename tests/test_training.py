@@ -11,6 +11,7 @@ import types
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet import gluon
 
 import bmx
 from bmx import convert, data, training
@@ -195,6 +196,37 @@ def test_resume_refuses_changed_settings(tmp_path, train_script, capsys):
     assert train_script.main(argv + ["--output-dir", out, "--resume"]) == 0  # finished: re-exports only
     assert train_script.main(argv + ["--output-dir", str(tmp_path / "empty"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def _two_device_run(directory, out, ctx, fit=True):
+    """A net without BatchNorm (whose statistics are per device): several devices must then train
+    exactly like one on the whole batch, the gradients of the parts summed."""
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(8, 3, padding=1, in_channels=3), bmx.nn.BinaryConvolution(8, 3, padding=1, in_channels=8),
+            gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(10, in_units=8))
+    bundle = data.cifar10(directory, 8, val_size=8, seed=3)
+    recipe = training.Recipe(optimizer="adam", lr=0.01, epochs=1, batch_size=8, seed=3)
+    run = training.Run(net, bundle, recipe, out, ctx=ctx, progress=False)
+    if fit:
+        run.fit()
+    return run
+
+
+def test_training_on_two_devices_equals_one(tmp_path):
+    directory = write_cifar(str(tmp_path / "data"), count=40)
+    one = _two_device_run(directory, str(tmp_path / "one"), [mx.cpu(0)])
+    two = _two_device_run(directory, str(tmp_path / "two"), [mx.cpu(0), mx.cpu(1)])
+    for (name, a), b in zip(one.net.collect_params().items(), two.net.collect_params().values()):
+        assert a.list_ctx() == [mx.cpu(0)] and b.list_ctx() == [mx.cpu(0), mx.cpu(1)]
+        np.testing.assert_allclose(b.data(mx.cpu(1)).asnumpy(), b.data(mx.cpu(0)).asnumpy(), rtol=0, atol=0,
+                                   err_msg=f"{name}: the devices' copies differ")
+        np.testing.assert_allclose(b.data(mx.cpu(0)).asnumpy(), a.data().asnumpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    # the comparison means something: training moved every parameter far more than the tolerance
+    start = _two_device_run(directory, str(tmp_path / "start"), [mx.cpu(0)], fit=False)
+    for (name, a), b in zip(one.net.collect_params().items(), start.net.collect_params().values()):
+        assert np.abs(a.data().asnumpy() - b.data().asnumpy()).max() > 1e-3, name
+    assert one.history[0]["train_loss"] == pytest.approx(two.history[0]["train_loss"], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- recipe pieces
