@@ -17,8 +17,9 @@ command of every published result.
 at the end, the exported model (model-symbol.json, model-0000.params, model.json) that
 example/evaluate.py and tools/binarize_model.py read. --resume (with otherwise the same command)
 continues after the last completed epoch with the same schedule, optimizer state and data order;
-with the Gluon readers (image folders, CIFAR-10, --loader gluon) the result is bit-identical to an
-uninterrupted run.
+with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) the result is
+bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
+time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
 device (summed on the GPUs; faster with several GPUs); with one device neither is used.
@@ -89,9 +90,11 @@ def build_parser():
                    help="imagenet training augmentation: resized-crop (area 8-100%%, aspect 3/4-4/3, flip; "
                    "later recipe) or crop (resize 256, random 224 crop, flip; paper recipe). "
                    "CIFAR-10 always uses pad 4 + random crop + flip.")
-    g.add_argument("--loader", choices=bdata.LOADERS, default="record-iter",
-                   help="imagenet RecordIO reader: record-iter (mx.io.ImageRecordIter, fast) or gluon "
-                   "(bit-reproducible resume, names corrupt records). Image folders and CIFAR-10 use gluon.")
+    g.add_argument("--loader", choices=sorted(set(bdata.LOADERS + bdata.CIFAR10_LOADERS)),
+                   help="imagenet RecordIO reader: record-iter (default; mx.io.ImageRecordIter, fast) or gluon "
+                   "(bit-reproducible resume, names corrupt records); image folders always use gluon. cifar10: "
+                   "memory (default; records decoded once into memory, batches augmented with numpy) or gluon "
+                   "(decodes and augments image by image every epoch)")
     g.add_argument("--classes", type=int, help="classes of an imagenet RecordIO set (default 1000; image "
                    "folders count their sub-folders, CIFAR-10 has 10)")
     g.add_argument("--val-size", type=int, default=5000,
@@ -188,11 +191,11 @@ def load_data(args, batch_size, num_parts=1, part_index=0):
         if args.image_size not in (None, 32):
             raise bdata.DataError("CIFAR-10 images are 32x32; drop --image-size")
         return bdata.cifar10(args.data_dir, batch_size, val_size=args.val_size, seed=args.seed,
-                             num_workers=args.num_workers or 0, **part)
+                             num_workers=args.num_workers or 0, loader=args.loader or "memory", **part)
     workers = args.num_workers if args.num_workers is not None else min(8, os.cpu_count() or 1)
     return bdata.imagenet(args.data_dir, batch_size, image_size=args.image_size or 224, augment=args.augment,
-                          loader=args.loader, classes=args.classes or 1000, seed=args.seed, num_workers=workers,
-                          **part)
+                          loader=args.loader or "record-iter", classes=args.classes or 1000, seed=args.seed,
+                          num_workers=workers, **part)
 
 
 def main(argv=None):
