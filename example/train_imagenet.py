@@ -47,7 +47,7 @@ import sys
 
 import bmx
 from bmx import data as bdata
-from bmx import training
+from bmx import precision, training
 
 # Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
 # CPU, where training runs at 1-3 images/s.
@@ -135,8 +135,10 @@ def build_parser():
     g.add_argument("--wd", type=float, default=0.0, help="weight decay (never on BatchNorm or binary weights)")
     g.add_argument("--beta1", type=float, help="Adam/RAdam beta1 (default 0.95 radam, 0.9 adam)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="float16 (GPU only) casts the net and keeps float32 master weights in the optimizer")
+    g.add_argument("--dtype", choices=precision.DTYPES, default="float32",
+                   help="bfloat16 (CPU with AVX-512 BF16): convolutions and dense layers in bfloat16, float32 "
+                   "weights, optimizer state and BatchNorm statistics; float16 (GPU only) casts the net and keeps "
+                   "float32 master weights in the optimizer. The exported model is float32.")
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("run")
@@ -218,6 +220,7 @@ def main(argv=None):
                                  lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
                                  dtype=args.dtype, seed=args.seed)
+        precision.check(recipe.dtype, ctx)  # before the data is read
         data = None if benchmark else load_data(args, batch, workers, rank)
         classes = data.classes if data else (args.classes or (10 if args.dataset == "cifar10" else 1000))
         kwargs = model_kwargs(args)
