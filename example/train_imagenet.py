@@ -17,8 +17,9 @@ command of every published result.
 at the end, the exported model (model-symbol.json, model-0000.params, model.json) that
 example/evaluate.py and tools/binarize_model.py read. --resume (with otherwise the same command)
 continues after the last completed epoch with the same schedule, optimizer state and data order;
-with the Gluon readers (image folders, CIFAR-10, --loader gluon) the result is bit-identical to an
-uninterrupted run.
+with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) the result is
+bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
+time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
 device (summed on the GPUs; faster with several GPUs); with one device neither is used.
@@ -46,7 +47,7 @@ import sys
 
 import bmx
 from bmx import data as bdata
-from bmx import training
+from bmx import precision, training
 
 # Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
 # CPU, where training runs at 1-3 images/s.
@@ -89,9 +90,11 @@ def build_parser():
                    help="imagenet training augmentation: resized-crop (area 8-100%%, aspect 3/4-4/3, flip; "
                    "later recipe) or crop (resize 256, random 224 crop, flip; paper recipe). "
                    "CIFAR-10 always uses pad 4 + random crop + flip.")
-    g.add_argument("--loader", choices=bdata.LOADERS, default="record-iter",
-                   help="imagenet RecordIO reader: record-iter (mx.io.ImageRecordIter, fast) or gluon "
-                   "(bit-reproducible resume, names corrupt records). Image folders and CIFAR-10 use gluon.")
+    g.add_argument("--loader", choices=sorted(set(bdata.LOADERS + bdata.CIFAR10_LOADERS)),
+                   help="imagenet RecordIO reader: record-iter (default; mx.io.ImageRecordIter, fast) or gluon "
+                   "(bit-reproducible resume, names corrupt records); image folders always use gluon. cifar10: "
+                   "memory (default; records decoded once into memory, batches augmented with numpy) or gluon "
+                   "(decodes and augments image by image every epoch)")
     g.add_argument("--classes", type=int, help="classes of an imagenet RecordIO set (default 1000; image "
                    "folders count their sub-folders, CIFAR-10 has 10)")
     g.add_argument("--val-size", type=int, default=5000,
@@ -132,8 +135,10 @@ def build_parser():
     g.add_argument("--wd", type=float, default=0.0, help="weight decay (never on BatchNorm or binary weights)")
     g.add_argument("--beta1", type=float, help="Adam/RAdam beta1 (default 0.95 radam, 0.9 adam)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="float16 (GPU only) casts the net and keeps float32 master weights in the optimizer")
+    g.add_argument("--dtype", choices=precision.DTYPES, default="float32",
+                   help="bfloat16 (CPU with AVX-512 BF16): convolutions and dense layers in bfloat16, float32 "
+                   "weights, optimizer state and BatchNorm statistics; float16 (GPU only) casts the net and keeps "
+                   "float32 master weights in the optimizer. The exported model is float32.")
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("run")
@@ -188,11 +193,11 @@ def load_data(args, batch_size, num_parts=1, part_index=0):
         if args.image_size not in (None, 32):
             raise bdata.DataError("CIFAR-10 images are 32x32; drop --image-size")
         return bdata.cifar10(args.data_dir, batch_size, val_size=args.val_size, seed=args.seed,
-                             num_workers=args.num_workers or 0, **part)
+                             num_workers=args.num_workers or 0, loader=args.loader or "memory", **part)
     workers = args.num_workers if args.num_workers is not None else min(8, os.cpu_count() or 1)
     return bdata.imagenet(args.data_dir, batch_size, image_size=args.image_size or 224, augment=args.augment,
-                          loader=args.loader, classes=args.classes or 1000, seed=args.seed, num_workers=workers,
-                          **part)
+                          loader=args.loader or "record-iter", classes=args.classes or 1000, seed=args.seed,
+                          num_workers=workers, **part)
 
 
 def main(argv=None):
@@ -215,6 +220,7 @@ def main(argv=None):
                                  lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
                                  dtype=args.dtype, seed=args.seed)
+        precision.check(recipe.dtype, ctx)  # before the data is read
         data = None if benchmark else load_data(args, batch, workers, rank)
         classes = data.classes if data else (args.classes or (10 if args.dataset == "cifar10" else 1000))
         kwargs = model_kwargs(args)
