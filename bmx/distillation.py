@@ -6,6 +6,7 @@ augmented images (:class:`DistillationLoss`). The teacher (:class:`Teacher`) is 
 ``example/train_imagenet.py`` exported, or a gluoncv model-zoo network with a parameter file;
 it runs in inference mode (BatchNorm uses its running statistics) and no gradient reaches it.
 """
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from mxnet import autograd, gluon
 
 from .model_io import ModelFileError, imports
 
-__all__ = ["DistillationLoss", "Teacher", "load_teacher", "check_distillation", "DEFAULT_TEMPERATURE",
+__all__ = ["Distillation", "DistillationLoss", "Teacher", "load_teacher", "check_distillation", "DEFAULT_TEMPERATURE",
            "DEFAULT_WEIGHT", "GLUONCV_PREFIX"]
 
 DEFAULT_TEMPERATURE = 4.0
@@ -41,6 +42,26 @@ def check_distillation(temperature, weight):
     if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
         raise ValueError(f"distillation weight must be in [0, 1], got {weight}")
     return temperature, weight
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """What a run distills from (the settings :class:`bmx.training.Run` takes and saves).
+
+    Attributes:
+        teacher: an exported model directory or ``'gluoncv:NAME'`` (:func:`load_teacher`).
+        params: the gluoncv network's parameter file; None for an exported directory.
+        temperature, weight: of :class:`DistillationLoss`.
+    """
+    teacher: str
+    params: str = None
+    temperature: float = DEFAULT_TEMPERATURE
+    weight: float = DEFAULT_WEIGHT
+
+    def __post_init__(self):
+        temperature, weight = check_distillation(self.temperature, self.weight)
+        object.__setattr__(self, "temperature", temperature)
+        object.__setattr__(self, "weight", weight)
 
 
 class DistillationLoss(gluon.loss.Loss):
@@ -109,7 +130,7 @@ class Teacher:
     def __call__(self, x):
         with autograd.pause(train_mode=False):
             if self._affine is not None:
-                scale, shift = (v.as_in_context(x.context) for v in self._affine)
+                scale, shift = (v.as_in_context(x.context).astype(x.dtype, copy=False) for v in self._affine)
                 x = mx.nd.broadcast_add(mx.nd.broadcast_mul(x, scale), shift)
             out = self.net(x)
         return out.astype("float32", copy=False)

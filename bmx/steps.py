@@ -3,6 +3,8 @@
 The net passed in is the one that computes the forward pass: the Gluon net itself, or its
 mixed-precision form (:func:`bmx.precision.training_block`), whose output is float32 either way.
 """
+import time
+
 import mxnet as mx
 from mxnet import autograd, gluon
 from tqdm import tqdm
@@ -15,19 +17,36 @@ class Step:
 
     ``workers``: how many workers' batches the gradient sum covers (the synchronous kvstores sum
     over all workers; the trainer divides by the global batch).
+    ``teacher``: a :class:`bmx.distillation.Teacher` whose outputs on the same batch the loss
+    ``loss_fn`` (a :class:`bmx.distillation.DistillationLoss`) takes as its second argument; the
+    seconds spent in the teacher add up in ``teacher_seconds``.
     """
 
-    def __init__(self, net, trainer, ctx, dtype, workers=1):
+    def __init__(self, net, trainer, ctx, dtype, workers=1, teacher=None, loss_fn=None):
         self.net, self.trainer, self.ctx, self.dtype = net, trainer, ctx, dtype
         self.workers = workers
-        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.teacher = teacher
+        self.loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
+        self.teacher_seconds = 0.0
+
+    def _teacher_outputs(self, xs):
+        start = time.perf_counter()
+        targets = [self.teacher(x) for x in xs]
+        for target in targets:
+            target.wait_to_read()
+        self.teacher_seconds += time.perf_counter() - start
+        return targets
 
     def __call__(self, data, label):
         xs = gluon.utils.split_and_load(data, self.ctx, even_split=False)
         ys = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        targets = self._teacher_outputs(xs) if self.teacher is not None else None
         with autograd.record():
             outputs = [self.net(x.astype(self.dtype, copy=False)).astype("float32", copy=False) for x in xs]
-            losses = [self.loss_fn(out, y) for out, y in zip(outputs, ys)]
+            if targets is None:
+                losses = [self.loss_fn(out, y) for out, y in zip(outputs, ys)]
+            else:
+                losses = [self.loss_fn(out, t, y) for out, t, y in zip(outputs, targets, ys)]
         autograd.backward(losses)
         self.trainer.step(data.shape[0] * self.workers)
         return ys, outputs, losses

@@ -55,7 +55,7 @@ from mxnet.gluon import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import models, optimizers, precision  # noqa: F401  (optimizers registers 'radam')
+from . import distillation, models, optimizers, precision  # noqa: F401  (optimizers registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
 from .data import synthetic_batch
@@ -76,7 +76,7 @@ LR_MODES = ("cosine", "step")
 INITIALIZATIONS = ("he", "xavier")
 DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-                  "images_per_s", "time_s")
+                  "images_per_s", "time_s", "teacher_s")
 STATE_FILE = "state.json"
 
 
@@ -323,6 +323,15 @@ def _make_trainer(net, recipe, steps_per_epoch, kvstore):
                          kvstore=kvstore, update_on_kvstore=True), 1
 
 
+def _teacher(settings, data, dtype, ctx):
+    """The teacher and loss of a :class:`bmx.distillation.Distillation` (None, None without one)."""
+    if settings is None:
+        return None, None
+    teacher = distillation.load_teacher(settings.teacher, data.classes, data.preprocessing, settings.params, ctx)
+    teacher.net = precision.training_block(teacher.net, dtype)
+    return teacher, distillation.DistillationLoss(settings.temperature, settings.weight)
+
+
 def _prepare(net, recipe, ctx, init):
     """Initializes (seeded), excludes BN from weight decay and hybridizes ``net``; returns the names
     without weight decay and the block that runs the forward pass in ``recipe.dtype``
@@ -386,6 +395,9 @@ class Run:
             holds a run is refused rather than overwritten.
         init: ``'he'`` or ``'xavier'`` (:func:`initializer`).
         progress: show tqdm progress bars (rank 0 only).
+        distillation: a :class:`bmx.distillation.Distillation` to learn from a teacher too (the
+            loss becomes :class:`bmx.distillation.DistillationLoss`; the teacher runs in
+            ``recipe.dtype``). Part of the config, so a resume needs the same teacher.
 
     Attributes:
         rank, num_workers: this worker and the size of a distributed job (0 and 1 otherwise).
@@ -395,7 +407,7 @@ class Run:
     """
 
     def __init__(self, net, data, recipe, output_dir, config=None, ctx=None, kvstore="local", resume=False,
-                 init="he", progress=True):
+                 init="he", progress=True, distillation=None):
         self.net, self.data, self.recipe = net, data, recipe
         self.out = output_dir
         self.kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
@@ -406,6 +418,8 @@ class Run:
             raise ValueError(f"the training data is read as {parts} part(s) but the job has {self.num_workers} "
                              f"worker(s); read it with num_parts=kv.num_workers, part_index=kv.rank")
         self.config = dict(config or {}, recipe=dataclasses.asdict(recipe), init=init)
+        if distillation is not None:
+            self.config["distillation"] = dataclasses.asdict(distillation)
         if kind.startswith("dist"):
             # Another number of workers changes the global batch and the data order: not a resume.
             self.config["workers"] = self.num_workers
@@ -419,7 +433,9 @@ class Run:
                               "continue it, or choose another output directory")
         no_wd, self.forward = _prepare(net, recipe, self.ctx, init)
         self.trainer, scale = _make_trainer(net, recipe, len(data.train), self.kvstore)
-        self.step = Step(self.forward, self.trainer, self.ctx, precision.input_dtype(recipe.dtype), scale)
+        teacher, loss_fn = _teacher(distillation, data, recipe.dtype, self.ctx)
+        self.step = Step(self.forward, self.trainer, self.ctx, precision.input_dtype(recipe.dtype), scale,
+                         teacher=teacher, loss_fn=loss_fn)
         self._handler = None
         if self.writer:
             os.makedirs(output_dir, exist_ok=True)
@@ -526,15 +542,19 @@ class Run:
         _seed_everything(_derived_seed(self.recipe.seed, 1, epoch))
         split = self.data.train
         scores = Scores(self.data.classes)
-        start = time.perf_counter()
+        start, teacher_before = time.perf_counter(), self.step.teacher_seconds
         bar = tqdm(split.batches(epoch), total=len(split), desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
                    unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
         for data, label in bar:
             scores.update(*self.step(data, label))
             if bar.n % 10 == 0:
                 current = scores.get()
-                bar.set_postfix(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")
+                shown = dict(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")
+                if self.step.teacher is not None:
+                    shown["teacher"] = f"{(self.step.teacher_seconds - teacher_before) / (time.perf_counter() - start):.0%}"
+                bar.set_postfix(shown)
         train_time = time.perf_counter() - start
+        teacher_time = self.step.teacher_seconds - teacher_before
         train = scores.get()
         # The other workers wait for rank 0 at their next step (synchronous kinds) or exit.
         val = evaluate(self.forward, self.data.val, self.data.classes, self.ctx,
@@ -543,7 +563,8 @@ class Run:
         row = dict(epoch=self.epoch, lr=self._learning_rate(), train_loss=train["loss"],
                    train_top1=train["top1"], train_top5=train["top5"], val_loss=val.get("loss"),
                    val_top1=val.get("top1"), val_top5=val.get("top5"),
-                   images_per_s=train["images"] * self.num_workers / train_time, time_s=time.perf_counter() - start)
+                   images_per_s=train["images"] * self.num_workers / train_time, time_s=time.perf_counter() - start,
+                   teacher_s=teacher_time if self.step.teacher is not None else None)
         self.history.append(row)
         if not self.writer:
             return
@@ -552,10 +573,11 @@ class Run:
             self.best = dict(epoch=self.epoch, top1=val["top1"], top5=val["top5"])
         self._checkpoint(improved)
         self._write_metrics()
-        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.4f top-5 %.4f  val %s  %.1f img/s  %.0f s",
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.4f top-5 %.4f  val %s  %.1f img/s  %.0f s%s",
                  self.epoch, self.recipe.epochs, row["lr"], row["train_loss"], row["train_top1"], row["train_top5"],
                  f"loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}" if val else "-",
-                 row["images_per_s"], row["time_s"])
+                 row["images_per_s"], row["time_s"],
+                 f" (teacher {teacher_time:.0f} s)" if self.step.teacher is not None else "")
 
     def _learning_rate(self):
         if self.asynchronous:
@@ -568,8 +590,9 @@ class Run:
             writer = csv.DictWriter(f, METRIC_COLUMNS)
             writer.writeheader()
             for row in self.history:
-                writer.writerow({k: "" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
-                                                               else row[k]) for k in METRIC_COLUMNS})
+                # .get: runs started before a column existed resume with it empty.
+                writer.writerow({k: "" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
+                                                                   else row[k]) for k in METRIC_COLUMNS})
         _plot_curves(self.history, os.path.join(self.out, "curves.png"))
 
     def _finish(self):

@@ -38,6 +38,12 @@ of workers changes; an epoch has workers times fewer steps). With dist_async eac
 gradient (averaged over its own devices x batch size) is applied by the servers as it arrives.
 Only worker 0 validates and writes --output-dir; --resume needs that directory on a filesystem
 every machine sees, and the same number of workers.
+
+Distillation: --teacher DIR (a model this script exported, e.g. the full-precision twin trained
+first) or --teacher gluoncv:NAME --teacher-params FILE adds the KL divergence to the teacher's
+softened outputs on the same augmented batch to the loss (--distill-temperature,
+--distill-weight); the teacher runs in inference mode in --dtype, and its share of the time shows in
+the progress bar, the log and metrics.csv (teacher_s).
 """
 import argparse
 import json
@@ -47,7 +53,7 @@ import sys
 
 import bmx
 from bmx import data as bdata
-from bmx import precision, training
+from bmx import distillation, precision, training
 
 # Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
 # CPU, where training runs at 1-3 images/s.
@@ -141,6 +147,17 @@ def build_parser():
                    "float32 master weights in the optimizer. The exported model is float32.")
     g.add_argument("--seed", type=int, default=0)
 
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", help="learn from a teacher's softened outputs too: a model directory exported by "
+                   "this script (e.g. the full-precision twin), or gluoncv:NAME (a gluoncv model-zoo network, "
+                   "with --teacher-params)")
+    g.add_argument("--teacher-params", help="parameter file of a gluoncv:NAME teacher (nothing is downloaded)")
+    g.add_argument("--distill-temperature", type=float, default=distillation.DEFAULT_TEMPERATURE,
+                   help=f"softmax temperature T of teacher and student (default {distillation.DEFAULT_TEMPERATURE})")
+    g.add_argument("--distill-weight", type=float, default=distillation.DEFAULT_WEIGHT,
+                   help="weight w of the KL term: loss = (1 - w) CE + w T^2 KL "
+                   f"(default {distillation.DEFAULT_WEIGHT})")
+
     g = p.add_argument_group("run")
     g.add_argument("--ctx", default="cpu", help="cpu, or gpu:0,1,... (the batch is split over the GPUs)")
     g.add_argument("--kv-store", default="local",
@@ -200,6 +217,20 @@ def load_data(args, batch_size, num_parts=1, part_index=0):
                           num_workers=workers, **part)
 
 
+def distillation_settings(args, parser):
+    """The run's :class:`bmx.distillation.Distillation`, or None without --teacher."""
+    if args.teacher is None:
+        for flag in ("teacher_params", "distill_temperature", "distill_weight"):
+            if getattr(args, flag) != parser.get_default(flag):
+                raise ValueError(f"--{flag.replace('_', '-')} needs --teacher")
+        return None
+    teacher = args.teacher
+    if not teacher.startswith(distillation.GLUONCV_PREFIX):
+        teacher = os.path.abspath(teacher)  # the config compares it on --resume, from any working directory
+    params = os.path.abspath(args.teacher_params) if args.teacher_params else None
+    return distillation.Distillation(teacher, params, args.distill_temperature, args.distill_weight)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -221,6 +252,7 @@ def main(argv=None):
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
                                  dtype=args.dtype, seed=args.seed)
         precision.check(recipe.dtype, ctx)  # before the data is read
+        distill = distillation_settings(args, parser)
         data = None if benchmark else load_data(args, batch, workers, rank)
         classes = data.classes if data else (args.classes or (10 if args.dataset == "cifar10" else 1000))
         kwargs = model_kwargs(args)
@@ -238,7 +270,8 @@ def main(argv=None):
                   devices=len(ctx), kv_store=args.kv_store)
     try:
         run = training.Run(net, data, recipe, args.output_dir, config=config, ctx=ctx, kvstore=kv,
-                           resume=args.resume, init=args.initialization, progress=args.progress)
+                           resume=args.resume, init=args.initialization, progress=args.progress,
+                           distillation=distill)
     except ValueError as err:  # ResumeError, or settings the run cannot use
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -184,3 +184,119 @@ def test_gluoncv_teacher_loads_its_parameter_file(tmp_path):
         distillation.load_teacher("gluoncv:cifar_resnet20_v1", 10, PREP)
     with pytest.raises(ModelFileError, match="not the parameters of cifar_resnet56_v1"):
         distillation.load_teacher("gluoncv:cifar_resnet56_v1", 10, PREP, params)
+
+
+# ----------------------------------------------------------------------------- training with a teacher
+
+def _train_script():
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("train_imagenet", os.path.join(root, "example", "train_imagenet.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--model", "binary_densenet28", "--stem", "cifar", "--layers", "1,1", "--growth-rate", "8",
+        "--init-features", "16", "--reduction", "1", "--batch-size", "8", "--no-progress", "--val-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """CIFAR-like records and a float teacher trained on them for one epoch."""
+    from test_data import write_cifar
+
+    root = tmp_path_factory.mktemp("distill")
+    directory = write_cifar(str(root / "data"), count=32)
+    script = _train_script()
+    teacher = str(root / "teacher")
+    assert script.main(["--dataset", "cifar10", "--data-dir", directory, "--epochs", "1", "--float",
+                        "--output-dir", teacher] + TINY) == 0
+    return script, directory, teacher
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cli_distills_with_the_teacher_in_its_metrics(tmp_path, teacher_run, dtype):
+    import csv
+    import os
+
+    from bmx import precision
+
+    if dtype == "bfloat16" and not precision.bfloat16_support()[0]:
+        pytest.skip(precision.bfloat16_support()[1])
+    script, directory, teacher = teacher_run
+    argv = ["--dataset", "cifar10", "--data-dir", directory, "--epochs", "2", "--teacher", teacher, "--dtype", dtype,
+            "--distill-temperature", "3", "--distill-weight", "0.7", "--output-dir", str(tmp_path / "run")] + TINY
+    assert script.main(argv) == 0
+    with open(tmp_path / "run" / "state.json") as f:
+        state = json.load(f)
+    assert state["config"]["distillation"] == dict(teacher=os.path.abspath(teacher), params=None,
+                                                   temperature=3.0, weight=0.7)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(r["teacher_s"]) > 0 for r in rows)
+
+
+def _distilled_run(directory, teacher, out, resume=False):
+    from bmx import data, training
+
+    bundle = data.cifar10(directory, 8, val_size=8, seed=3)
+    net = training.build_model("binary_densenet28", 10, stem="cifar", layers=(1, 1), growth_rate=8,
+                               init_features=16, reduction=(1,))
+    recipe = training.Recipe(optimizer="radam", lr=0.02, epochs=3, batch_size=8, seed=3)
+    return training.Run(net, bundle, recipe, out, resume=resume, progress=False,
+                        distillation=distillation.Distillation(teacher, temperature=2.0, weight=0.5))
+
+
+def test_resume_with_a_teacher_equals_an_unbroken_run(tmp_path, teacher_run, monkeypatch):
+    from bmx import training
+
+    _, directory, teacher = teacher_run
+    unbroken = _distilled_run(directory, teacher, str(tmp_path / "a"))
+    unbroken.fit()
+    step, calls = training.Step.__call__, []
+
+    def crash_in_second_epoch(self, *args):
+        calls.append(1)
+        if len(calls) == len(unbroken.data.train) + 2:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(training.Step, "__call__", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _distilled_run(directory, teacher, str(tmp_path / "b")).fit()
+    monkeypatch.setattr(training.Step, "__call__", step)
+    resumed = _distilled_run(directory, teacher, str(tmp_path / "b"), resume=True)
+    assert resumed.epoch == 1
+    resumed.fit()
+    for a, b in zip(unbroken.net.collect_params().values(), resumed.net.collect_params().values()):
+        np.testing.assert_array_equal(a.data().asnumpy(), b.data().asnumpy(), err_msg=a.name)
+
+
+def test_cli_resume_needs_the_same_teacher(tmp_path, teacher_run, capsys):
+    script, directory, teacher = teacher_run
+    argv = ["--dataset", "cifar10", "--data-dir", directory, "--epochs", "1"] + TINY
+    out = str(tmp_path / "run")
+    assert script.main(argv + ["--output-dir", out, "--teacher", teacher]) == 0
+    capsys.readouterr()
+    assert script.main(argv + ["--output-dir", out, "--resume"]) == 2
+    assert "distillation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--distill-weight", "0.5"], "--distill-weight needs --teacher"),
+    (["--teacher-params", "x.params"], "--teacher-params needs --teacher"),
+    (["--teacher", "TEACHER", "--distill-temperature", "0"], "temperature must be a positive"),
+    (["--teacher", "TEACHER", "--distill-weight", "nan"], "weight must be in"),
+    (["--teacher", "TEACHER", "--teacher-params", "x.params"], "only for a gluoncv"),
+    (["--teacher", "missing-dir"], "no such directory"),
+])
+def test_cli_distillation_errors(tmp_path, teacher_run, capsys, extra, message):
+    script, directory, teacher = teacher_run
+    extra = [teacher if a == "TEACHER" else a for a in extra]
+    argv = ["--dataset", "cifar10", "--data-dir", directory, "--epochs", "1", "--output-dir",
+            str(tmp_path / "run")] + TINY + extra
+    assert script.main(argv) == 2
+    assert message in capsys.readouterr().err
