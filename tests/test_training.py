@@ -153,7 +153,7 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path, monkeypatch):
 
     out = str(tmp_path / "b")
     batches = len(data.cifar10(directory, 8, val_size=8).train)
-    step = training._Step.__call__
+    step = training.Step.__call__
     calls = []
 
     def crash_in_third_epoch(self, *args):
@@ -162,10 +162,10 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return step(self, *args)
 
-    monkeypatch.setattr(training._Step, "__call__", crash_in_third_epoch)
+    monkeypatch.setattr(training.Step, "__call__", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(directory, out).fit()
-    monkeypatch.setattr(training._Step, "__call__", step)
+    monkeypatch.setattr(training.Step, "__call__", step)
     with open(os.path.join(out, "state.json")) as f:
         assert json.load(f)["epoch"] == 2
     assert not os.path.exists(os.path.join(out, "checkpoint-0003.params"))
@@ -292,6 +292,18 @@ def test_float16_is_refused_on_cpu_with_the_reason(tmp_path, train_script, capsy
                               "--dtype", "float16", "--output-dir", str(tmp_path / "run")] + TINY) == 2
     assert "float16 training needs GPU contexts" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run" / "state.json")
+
+
+@pytest.mark.skipif(bmx.precision.bfloat16_support()[0], reason="this CPU supports bfloat16")
+def test_bfloat16_is_refused_without_cpu_support(tmp_path, train_script, capsys):
+    """No silent slowdown: without AVX-512 BF16 the run stops before it starts, saying why."""
+    directory = write_cifar(str(tmp_path / "data"), count=24)
+    assert train_script.main(["--dataset", "cifar10", "--data-dir", directory, "--val-size", "8", "--epochs", "1",
+                              "--dtype", "bfloat16", "--output-dir", str(tmp_path / "run")] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "bfloat16 training is not available here" in err and "avx512_bf16" in err
+    assert not os.path.exists(tmp_path / "run" / "state.json")
+    assert train_script.main(["--benchmark", "--dtype", "bfloat16"] + TINY) == 2
 
 
 # ----------------------------------------------------------------------------- benchmark and errors
