@@ -5,7 +5,8 @@ epochs, batch size, weight decay); :class:`Run` trains a Gluon net on a
 :class:`bmx.data.DataBundle` with it and keeps its output directory up to date:
 
 * ``checkpoint-EEEE.params`` / ``checkpoint-EEEE.states``: parameters and trainer states (optimizer
-  moments, update counts and the learning-rate scheduler) after epoch EEEE; only the newest is kept.
+  moments, update counts and the learning-rate scheduler, kept without pickle: bmx.optimizer_state)
+  after epoch EEEE; only the newest is kept.
 * ``state.json``: which checkpoint is current, completed epochs, best validation top-1, seeds,
   the run's configuration and every epoch's metrics. It is written after the files it points to,
   and every file is written to a temporary name and renamed, so an interrupted run always leaves
@@ -55,7 +56,7 @@ from mxnet.gluon import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import distillation, models, optimizers, precision  # noqa: F401  (optimizers registers 'radam')
+from . import distillation, models, optimizer_state, optimizers, precision  # noqa: F401  (optimizers registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
 from .data import synthetic_batch
@@ -484,7 +485,7 @@ class Run:
                 updates = self.epoch * len(self.data.train) * self.num_workers
                 self.trainer.optimizer.begin_num_update = self.trainer.optimizer.num_update = updates
             else:
-                self.trainer.load_states(os.path.join(self.out, saved["states"]))
+                optimizer_state.load_states(self.trainer, os.path.join(self.out, saved["states"]))
         if self.writer:
             log.info("resumed %s after epoch %d of %d", self.out, self.epoch, self.recipe.epochs)
 
@@ -511,7 +512,7 @@ class Run:
             self.net.save_parameters(tmp)
         if not self.asynchronous:
             with atomic_path(states) as tmp:
-                self.trainer.save_states(tmp)
+                optimizer_state.save_states(self.trainer, tmp)
         if improved:
             with atomic_path(os.path.join(self.out, "best.params")) as tmp:
                 self.net.save_parameters(tmp)
