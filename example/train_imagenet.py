@@ -21,6 +21,11 @@ with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) t
 bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
 time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
+--dtype bfloat16 (CPUs with AVX-512 BF16, e.g. AMD Zen 4, Intel Sapphire Rapids) runs convolutions and
+dense layers in bfloat16 with float32 weights, optimizer state and BatchNorm statistics (see
+bmx/precision.py); checkpoints, --resume and the exported model are float32 as without it. On a CPU
+without AVX-512 BF16 it stops with an error saying so.
+
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
 device (summed on the GPUs; faster with several GPUs); with one device neither is used.
 
