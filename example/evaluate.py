@@ -13,6 +13,7 @@ tools/binarize_model.py instead, run by bmx.runtime (the xnor-popcount kernels, 
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -135,6 +136,9 @@ def main(argv=None):
         prep = bdata.Preprocessing.from_dict(meta["preprocessing"])
         split = bdata.evaluation_split(args.data, prep, args.batch_size, indices=indices, num_workers=args.num_workers)
         scores = training.evaluate(net, split, meta["classes"], ctx)
+        if not math.isfinite(scores["loss"]):
+            raise ValueError(f"{args.packed or args.model_dir}: the model's outputs on {args.data} are not finite "
+                             "(NaN or infinity), so its scores mean nothing")
     except (ValueError, mx.MXNetError) as err:  # DataError and ModelFileError are ValueErrors
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -237,7 +237,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     benchmark = args.benchmark or args.data_dir is None
     for name, low in (("benchmark_iters", 1), ("image_size", 1), ("classes", 1), ("val_size", 0),
-                      ("num_workers", 0), ("batch_size", 1), ("epochs", 1), ("bits", 1), ("bits_a", 1)):
+                      ("num_workers", 0), ("batch_size", 1), ("epochs", 1), ("bits", 1), ("bits_a", 1), ("seed", 0)):
         value = getattr(args, name)
         if value is not None and value < low:
             parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")

@@ -138,3 +138,13 @@ def test_the_shipped_model_records_its_training_file():
     cifar = "/work/shared/data/cifar10/train.rec"
     if os.path.exists(cifar):
         assert data.fingerprint(cifar) == meta["data"]["train_fingerprint"]
+
+
+def test_non_finite_outputs_are_an_error_not_nan_in_the_json(model_dir, evaluate, capsys):
+    out, rec = model_dir
+    params = packed.read_params(out / "model-0000.params")
+    name = [k for k, a in params.items() if a.ndim == 2][-1]  # the classifier's weight
+    params[name] = np.full_like(params[name], 3e38)
+    packed.write_params(out / "model-0000.params", params)
+    code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", rec)
+    assert code == 2 and stdout == "" and f"{out}: the model's outputs on {rec} are not finite" in err
