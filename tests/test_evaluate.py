@@ -8,6 +8,7 @@ import pytest
 
 import bmx
 from bmx import data, packed
+from conftest import call_main
 from test_data import write_recordio
 from test_training import TINY_KNOBS, load_script
 
@@ -32,12 +33,7 @@ def model_dir(tmp_path):
 
 
 def run(evaluate, capsys, *args):
-    try:
-        code = evaluate.main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_main(evaluate.main, capsys, *args)
 
 
 def test_a_valid_model_directory_is_scored(model_dir, evaluate, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bmx import steps
+from conftest import call_main
 from test_data import write_cifar
 from test_training import FAST, TINY, load_script
 
@@ -31,11 +32,8 @@ def argv(data_dir, out, *extra):
 
 
 def run(script, capsys, args):
-    try:
-        code = script.main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
+    code, _, err = call_main(script.main, capsys, *args)
+    return code, err
 
 
 def files(directory):
