@@ -65,8 +65,8 @@ from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
 from .records import DataError, FolderImages, RecordImages, check_recordio, decode_error, fingerprint, require_dir
 
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
-           "evaluation_split", "check_recordio", "fingerprint", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",
-           "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS",
+           "evaluation_split", "check_recordio", "fingerprint", "heldout_indices", "eval_resize", "IMAGENET_MEAN",
+           "IMAGENET_STD", "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS",
            "CIFAR10_LOADERS"]
 
 IMAGENET_MEAN = (123.68, 116.78, 103.94)

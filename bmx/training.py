@@ -56,7 +56,8 @@ from mxnet.gluon import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import distillation, models, optimizer_state, optimizers, precision, run_checks  # noqa: F401  (optimizers registers 'radam')
+from . import distillation, models, optimizer_state, precision, run_checks
+from . import optimizers  # noqa: F401  (registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
 from .data import synthetic_batch
