@@ -3,6 +3,7 @@
 :class:`RecordImages` and :class:`FolderImages` are Gluon datasets of (HWC uint8 RGB array, label);
 :func:`check_recordio` validates a RecordIO pair before training starts.
 """
+import hashlib
 import os
 import struct
 
@@ -12,7 +13,8 @@ import numpy as np
 from mxnet.gluon.data import Dataset
 from mxnet.gluon.data.vision import ImageFolderDataset
 
-__all__ = ["DataError", "RecordImages", "FolderImages", "check_recordio", "require_dir", "decode_error"]
+__all__ = ["DataError", "RecordImages", "FolderImages", "check_recordio", "require_dir", "decode_error",
+           "fingerprint"]
 
 
 class DataError(ValueError):
@@ -22,8 +24,21 @@ class DataError(ValueError):
 
 
 def require_dir(path, what):
+    if os.path.isfile(path):
+        raise DataError(f"{path}: a file, but a directory is expected (the directory holding {what}: "
+                        f"{os.path.dirname(path) or '.'}?)")
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such directory (expected {what})")
+
+
+def fingerprint(rec_path, idx_path=None):
+    """A cheap identity of a RecordIO pair: sha256 of its index (every record's key and offset) and
+    of the .rec file's size. Another file, or one with a record added, removed or resized, differs."""
+    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+    digest = hashlib.sha256(str(os.path.getsize(rec_path)).encode())
+    with open(idx_path, "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def check_recordio(rec_path, idx_path=None):

@@ -13,6 +13,7 @@ tools/binarize_model.py instead, run by bmx.runtime (the xnor-popcount kernels, 
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -80,6 +81,25 @@ def load_packed(model_dir, threads=None):
     return PackedNet(model), model.meta
 
 
+def check_training_file(path, total, info, model_dir):
+    """--holdout: ``path`` must be the training file the run held its validation images out of (the
+    record count and fingerprint in model.json); a run that predates these records gets a warning."""
+    source = f"{os.path.join(model_dir, 'model.json')} (data.train_records, data.train_fingerprint)"
+    if info.get("train_records") is None:
+        if total <= info["val_size"]:
+            raise ValueError(f"{path}: {total} records, not more than the {info['val_size']} the run held out: "
+                             "not the file it was trained on")
+        print(f"evaluate.py: warning: {source} does not record the training file (a run of an older bmx): "
+              f"cannot check that {path} is the file the hold-out came from", file=sys.stderr)
+        return
+    if total != info["train_records"]:
+        raise ValueError(f"{path}: {total} records, but the run held out its validation images from a training file "
+                         f"of {info['train_records']} records ({source}): --holdout needs that file")
+    if info.get("train_fingerprint") not in (None, bdata.fingerprint(path)):
+        raise ValueError(f"{path}: not the training file the run held out from (its fingerprint differs from "
+                         f"{source}): --holdout needs that file")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,10 +131,14 @@ def main(argv=None):
                 raise ValueError(f"{args.packed or args.model_dir} was not trained with a hold-out "
                                  "(no val_size in model.json)")
             total = bdata.check_recordio(args.data)
+            check_training_file(args.data, total, meta["data"], args.packed or args.model_dir)
             indices = bdata.heldout_indices(total, val_size, meta["data"]["split_seed"])
         prep = bdata.Preprocessing.from_dict(meta["preprocessing"])
         split = bdata.evaluation_split(args.data, prep, args.batch_size, indices=indices, num_workers=args.num_workers)
         scores = training.evaluate(net, split, meta["classes"], ctx)
+        if not math.isfinite(scores["loss"]):
+            raise ValueError(f"{args.packed or args.model_dir}: the model's outputs on {args.data} are not finite "
+                             "(NaN or infinity), so its scores mean nothing")
     except (ValueError, mx.MXNetError) as err:  # DataError and ModelFileError are ValueErrors
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2
