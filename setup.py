@@ -71,9 +71,8 @@ setup(
     install_requires=[
         "mxnet==1.9.1",
         "numpy==1.23.5",
-        "gluoncv",
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"onnx": ["onnx", "onnxruntime"], "test": ["pytest", "onnx", "onnxruntime"]},
 )
