@@ -71,6 +71,7 @@ setup(
     install_requires=[
         "mxnet==1.9.1",
         "numpy==1.23.5",
+        "gluoncv",
         "tqdm",
         "matplotlib",
     ],

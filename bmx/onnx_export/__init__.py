@@ -28,7 +28,8 @@ from ..convert import resolve_source
 from ._graph import IR_VERSION, OPSET, OnnxExportError, build
 from ._ops import CONVERTERS
 
-__all__ = ["export", "to_onnx", "format_report", "binary_convolutions", "OnnxExportError", "OPSET", "IR_VERSION", "SUPPORTED_OPS"]
+__all__ = ["export", "to_onnx", "format_report", "binary_convolutions", "OnnxExportError", "OPSET", "IR_VERSION",
+           "SUPPORTED_OPS"]
 
 SUPPORTED_OPS = tuple(sorted(CONVERTERS))
 
