@@ -7,6 +7,8 @@ MXNet running the exported model, and the shipped packed model against bmx.runti
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -43,10 +45,14 @@ def run(path, x):
 
 
 def randomize(net, seed=0):
-    """Xavier weights; gamma of both signs, beta and the running statistics random."""
+    """Xavier weights; gamma of both signs, beta and the running statistics random. k-bit (DoReFa)
+    weights keep away from rounding ties: tanh differs by an ulp between libraries (docs/onnx.md)."""
     mx.random.seed(seed)
     net.initialize(mx.init.Xavier(magnitude=2))
     rng = np.random.default_rng(seed)
+    for layer in bnn.quantized_layers(net):
+        if layer.bits > 1:
+            layer.weight.set_data(mx.nd.array(dorefa_input(rng, layer.weight.shape, layer.bits, scale=0.1)))
     ranges = {"gamma": (0.5, 1.5), "beta": (-0.5, 0.5), "running_mean": (-0.5, 0.5), "running_var": (0.5, 2.0)}
     for name, p in net.collect_params().items():
         suffix = name.rsplit("_", 1)[-1] if not name.endswith(("running_mean", "running_var")) else name[-12:]
@@ -78,14 +84,37 @@ def assert_close(expected, got, what, rtol=1e-4, atol=1e-4):
     assert ok, f"{what}: max |diff| {worst} (scale {np.max(np.abs(expected))}) or a different argmax"
 
 
-def onnx_with_sign_inputs(path, x):
-    """ONNX Runtime's output and the inputs of its sign decisions (``GreaterOrEqual``), in graph order,
-    with the MXNet internal output each one comes from (ONNX values are named NODE/OP after MXNet's)."""
+def onnx_with_decision_inputs(directory, path, x):
+    """ONNX Runtime's output and the inputs of its quantizers, in graph order: the signs' (the input
+    of ``GreaterOrEqual``) and the k-bit quantizers' (of ``Clip``). Returns (output, values, names of
+    the MXNet internal outputs they come from, levels: None for a sign, else 2^k - 1). ONNX values
+    are named NODE/OP after the MXNet node that made them."""
+    with open(os.path.join(directory, "model-symbol.json")) as f:
+        mx_nodes = {n["name"]: n for n in json.load(f)["nodes"]}
     model = onnx.load(path)
-    points = list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type == "GreaterOrEqual"))
+    points = {}
+    for node in model.graph.node:
+        source = mx_nodes.get(node.name.split("/")[0], {})
+        if node.op_type == "GreaterOrEqual":
+            points.setdefault(node.input[0], None)
+        elif node.op_type == "Clip" and source.get("op") == "bmx_quantize_act":
+            points.setdefault(node.input[0], 2 ** int(source["attrs"]["bits"]) - 1)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(p, onnx.TensorProto.FLOAT, None) for p in points)
     outputs = session(model.SerializeToString()).run(None, {"data": x})
-    return outputs[0], outputs[1:], [p.split("/")[0] + "_output" if "/" in p else p for p in points]
+    names = [p.split("/")[0] + "_output" if "/" in p else p for p in points]
+    return outputs[0], outputs[1:], names, list(points.values())
+
+
+def quantized(x, levels):
+    return x >= 0 if levels is None else np.floor(np.clip(x, 0, 1) * levels + 0.5)
+
+
+def to_jump(x, levels):
+    """How far x is from the nearest input where the quantizer's output jumps."""
+    if levels is None:
+        return np.abs(x)
+    v = np.clip(x, 0, 1) * levels
+    return np.abs(v - np.floor(v) - 0.5) / levels
 
 
 def mxnet_with_internals(directory, x, names):
@@ -103,13 +132,14 @@ def mxnet_with_internals(directory, x, names):
 def assert_matches_mxnet(directory, path, x, what, rtol=1e-4, atol=1e-4, flip_tol=1e-5):
     """ONNX Runtime running path == MXNet running directory's model, sample by sample.
 
-    Both compute in float32 but round differently (summation order, fused BatchNorm), so a sign
-    whose input lies within rounding of 0 may be decided the other way, which changes everything
-    after it. A sample whose outputs differ is accepted only if, at the first sign decision that
-    differs, every differing input is within flip_tol (relative) of 0 and the other inputs agree;
-    at least one sample must agree outright. Returns the number of samples so excused.
+    Both compute in float32 but round differently (summation order, fused BatchNorm), so a
+    quantizer whose input lies within rounding of a jump (0 for a sign) may decide the other way,
+    which changes everything after it. A sample whose outputs differ is accepted only if, at the
+    first quantizer whose decisions differ, every differing input is within flip_tol (relative)
+    of a jump and the other inputs agree; at least one sample must agree outright. Returns the
+    number of samples so excused.
     """
-    got, got_points, names = onnx_with_sign_inputs(path, x)
+    got, got_points, names, levels = onnx_with_decision_inputs(directory, path, x)
     expected, expected_points = mxnet_with_internals(directory, x, names)
     assert got.shape == expected.shape, what
     excused = 0
@@ -117,20 +147,20 @@ def assert_matches_mxnet(directory, path, x, what, rtol=1e-4, atol=1e-4, flip_to
         ok, worst = close(expected[n:n + 1], got[n:n + 1], rtol, atol)
         if ok:
             continue
-        for name, a, b in zip(names, expected_points, got_points):
+        for name, k, a, b in zip(names, levels, expected_points, got_points):
             a, b = a[n], b[n]
-            flipped = (a >= 0) != (b >= 0)
+            flipped = quantized(a, k) != quantized(b, k)
             scale = float(np.max(np.abs(a)))
             ok_elsewhere, diff = close(a[~flipped], b[~flipped], rtol, atol)
-            assert ok_elsewhere, f"{what}: sample {n}: the input of the sign on {name} differs by {diff}"
+            assert ok_elsewhere, f"{what}: sample {n}: the input of the quantizer on {name} differs by {diff}"
             if flipped.any():
-                off = float(np.max(np.abs(a[flipped])))
-                assert off <= flip_tol * scale, (f"{what}: sample {n}: {int(flipped.sum())} sign(s) on {name} differ, "
-                                                 f"with inputs up to {off} from 0 (scale {scale})")
+                off = float(np.max(to_jump(a[flipped], k)))
+                assert off <= flip_tol * scale, (f"{what}: sample {n}: {int(flipped.sum())} decision(s) on {name} "
+                                                 f"differ, with inputs up to {off} from a jump (scale {scale})")
                 excused += 1
                 break
         else:
-            raise AssertionError(f"{what}: sample {n}: output differs by {worst} with every sign decision equal")
+            raise AssertionError(f"{what}: sample {n}: output differs by {worst} with every decision equal")
     assert excused < len(x), f"{what}: no sample agrees outright"
     return excused
 
@@ -152,13 +182,14 @@ def kbit_ties(bits):
 
 def seq(*blocks):
     net = nn.HybridSequential()
-    for block in blocks:
-        net.add(block)
+    net.add(*blocks)
     return net
 
 
 def ref_binary_conv(x, w, stride=(1, 1), pad=(0, 0), dilation=(1, 1), groups=1, pad_value=-1.0):
-    return ref_conv2d(pad_nchw(ref_sign(x), pad, pad_value), ref_sign(w), stride, dilation, groups)
+    """conv(pad_{pad_value}(sign x), sign w), in float64."""
+    padded = pad_nchw(ref_sign(x), pad, pad_value)
+    return ref_conv2d(padded, ref_sign(w), stride, dilation, groups)
 
 
 def ref_scaled(y, w):
@@ -433,5 +464,19 @@ def test_the_comparison_catches_a_wrong_padding(tmp_path):
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0, F32), "zero_padding"))
     pad.input[2] = "zero_padding"  # the -1 constant itself is shared with the sign
     onnx.save(model, path)
-    with pytest.raises(AssertionError, match="every sign decision equal"):
+    with pytest.raises(AssertionError, match="every decision equal"):
         assert_matches_mxnet(str(tmp_path), path, x, "zero padded")
+
+
+@pytest.mark.parametrize("block, expected", [(None, "mxnet imported: False"), ("onnxruntime", "needs the onnx extra")])
+def test_export_needs_neither_mxnet_nor_pickle_and_names_a_missing_extra(block, expected, tmp_path):
+    """Run without MXNet (BMX_NO_MXNET=1): the packed model exports; a missing onnxruntime is explained."""
+    script = (f"import sys; sys.modules['{block}'] = None\n" if block else "") + (
+        "from bmx import onnx_export\n"
+        f"onnx_export.export({SHIPPED!r}, {str(tmp_path / 'm.onnx')!r})\n"
+        "print('mxnet imported:', 'mxnet' in sys.modules)\n")
+    env = dict(os.environ, BMX_NO_MXNET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", "import sys\n" + script], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert expected in out.stdout + out.stderr, out.stderr
+    assert os.path.exists(tmp_path / "m.onnx") == (block is None)

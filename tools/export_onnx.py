@@ -35,8 +35,8 @@ def main(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'epoch' else 'positive'}, got {value}")
     try:
         from bmx import onnx_export
-    except ImportError as err:
-        parser.exit(2, f"{parser.prog}: error: {err} (install the onnx extra: pip install -e \".[onnx]\")\n")
+    except ImportError as err:  # the onnx extra is not installed: the message says how to install it
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     try:
         report = onnx_export.export(args.source, args.output, epoch=args.epoch, input_size=args.input_size,
                                     force=args.force)

@@ -22,6 +22,12 @@ import collections
 import json
 import os
 
+try:
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+except ImportError as _err:
+    raise ImportError(f"bmx.onnx_export needs the onnx extra (pip install -e \".[onnx]\"): {_err}") from _err
+
 from .. import packed
 from .._atomic import atomic_path
 from ..convert import resolve_source

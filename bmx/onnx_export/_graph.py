@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from ._ops import CONVERTERS, SIGN_OPS
@@ -251,8 +252,6 @@ class Builder:
         needed = list(dict.fromkeys(v for v in used if v in known and v not in self.initializers))
         if not needed:
             return
-        import onnxruntime as ort
-
         sources = {i for n in constant for i in n.input} & set(self.initializers)
         graph = helper.make_graph(constant, "fold", [],
                                   [helper.make_tensor_value_info(v, self.types[v], None) for v in needed],
