@@ -6,6 +6,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from .. import __version__
 from ._ops import CONVERTERS, SIGN_OPS
 
 OPSET = 18
@@ -234,7 +235,8 @@ class Builder:
 
     @staticmethod
     def model(graph):
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bmx")
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bmx",
+                                  producer_version=__version__)
         model.ir_version = IR_VERSION
         return model
 
