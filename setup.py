@@ -75,5 +75,5 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"onnx": ["onnx", "onnxruntime"], "test": ["pytest", "onnx", "onnxruntime"]},
 )
