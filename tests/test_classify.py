@@ -64,11 +64,10 @@ def test_top5_agrees_with_the_original_model(packed_model, capsys):
 
 def test_runs_without_mxnet(packed_model):
     packed, files, _ = packed_model
-    env = dict(os.environ, BMX_NO_MXNET="1")
     code = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code + "\nassert 'mxnet' not in sys.modules",
                           os.path.join(ROOT, "example", "classify.py"), "--model", packed, "--top", "3", files[0]],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == files[0] and len(out.stdout.splitlines()) == 4
 

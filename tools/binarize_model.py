@@ -9,7 +9,7 @@
 PREFIX names PREFIX-symbol.json and PREFIX-NNNN.params (bmx.export; the newest epoch unless --epoch);
 a directory means DIR/model, with DIR/model.json as metadata. OUT is a directory (model-symbol.json,
 model-0000.params, model.json) that bmx.runtime.load(OUT) runs without MXNet and that
-mx.gluon.SymbolBlock.imports runs after `import bmx`. The conversion rules are in bmx/convert.py.
+mx.gluon.SymbolBlock.imports runs after `bmx.load_library()`. The conversion rules are in bmx/convert/.
 """
 import argparse
 import sys

@@ -6,23 +6,14 @@
 
 The logic is bmx.distributed (docs/distributed.md); --help lists the options.
 """
-import importlib.util
-import os
 import sys
 
-
-def _load_launcher():
-    """bmx/distributed.py on its own, without running bmx/__init__.py: that imports mxnet, which
-    takes seconds and would turn this process into a parameter server if DMLC_ROLE were set here."""
-    package = importlib.util.find_spec("bmx")
-    if package is None:
-        sys.exit("launch.py: bmx is not installed (pip install -e . in the repository)")
-    path = os.path.join(package.submodule_search_locations[0], "distributed.py")
-    spec = importlib.util.spec_from_file_location("bmx_distributed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+try:
+    from bmx import distributed  # standard library only: this process never imports mxnet
+except ModuleNotFoundError as err:
+    if err.name != "bmx":
+        raise
+    sys.exit("launch.py: bmx is not installed (pip install -e . in the repository)")
 
 if __name__ == "__main__":
-    sys.exit(_load_launcher().main())
+    sys.exit(distributed.main())
