@@ -8,13 +8,13 @@ those, never imports mxnet.
 The training tower's names (``bmx.nn``, ``bmx.models``, ``bmx.quantizers``, ``bmx.config``,
 ``bmx.optimizers``, ``bmx.binary_layer_config``, ``bmx.current_config``, ``bmx.export``,
 ``bmx.imports``, ``bmx.ModelFileError``, ``bmx.summary``, ``bmx.load_library``) load on first
-use (PEP 562): the first one imports mxnet and loads bmx's native operator library into it
+use (PEP 562): the first one imports mxnet, loads bmx's native operator library into it
 (``bmx_det_sign``, ``bmx_approx_sign``, ``bmx_weight_sign``, ``bmx_quantize_act``,
-``bmx_quantize_weight``, ``bmx_xnor_conv2d``), as does importing :mod:`bmx.quantizers` (and so the
-layers and models) directly; ``bmx.optimizers`` registers the ``'radam'`` optimizer. Models
-exported from bmx load with :func:`bmx.imports`, or with ``mx.gluon.SymbolBlock.imports`` once a
-training name was used (e.g. :func:`bmx.load_library`). Where mxnet cannot be imported, using a
-training name raises ImportError saying so.
+``bmx_quantize_weight``, ``bmx_xnor_conv2d``; importing :mod:`bmx.quantizers`, and so the
+layers and models, directly does too) and registers the ``'radam'`` optimizer
+(:mod:`bmx.optimizers`). Models exported from bmx load with :func:`bmx.imports`, or with
+``mx.gluon.SymbolBlock.imports`` once a training name was used (e.g. :func:`bmx.load_library`).
+Where mxnet cannot be imported, using a training name raises ImportError saying so.
 """
 import importlib as _importlib
 import importlib.util as _importlib_util
@@ -48,7 +48,8 @@ _sys.modules[__name__].__class__ = _Package
 
 def _load(name):
     """The training name ``name``: imports mxnet (here, so that its absence gets a clear message),
-    loads the operator library into it, then imports the module that defines the name."""
+    loads the operator library into it and registers RAdam (as ``import bmx`` did when it imported
+    mxnet eagerly), then imports the module that defines the name."""
     try:
         import mxnet  # noqa: F401
     except (ImportError, OSError) as err:  # OSError: libmxnet.so or one of its libraries fails to load
@@ -58,6 +59,7 @@ def _load(name):
     from . import _library
 
     _library.load()
+    _importlib.import_module(f"{__name__}.optimizers")
     target = _TRAINING[name]
     module, attribute = (target, None) if isinstance(target, str) else target
     value = _importlib.import_module(f"{__name__}.{module}")

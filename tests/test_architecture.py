@@ -106,11 +106,11 @@ def test_importing_a_deployment_module_loads_no_mxnet_and_no_training_module():
 def test_training_names_load_on_first_use():
     code = ("import sys, bmx; assert 'mxnet' not in sys.modules; bmx.binary_layer_config; "
             "import mxnet as mx; print('mxnet' in sys.modules, hasattr(mx.nd, 'bmx_det_sign'), "
-            "callable(bmx.summary), type(bmx.summary).__name__)")
+            "callable(bmx.summary), type(bmx.summary).__name__, 'radam' in mx.optimizer.Optimizer.opt_registry)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "True", "True", "function"]
+    assert result.stdout.split() == ["True", "True", "True", "function", "True"]
     code = "import bmx; bmx.nn; import mxnet as mx; import bmx.summary; print(hasattr(mx.nd, 'bmx_det_sign'), bmx.summary)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=ROOT))

@@ -22,6 +22,9 @@ that is kept between calls, reusing the buffers of dead values: a call allocates
 Values are float32 NCHW arrays throughout. Ops run with MXNet's inference semantics (BatchNorm
 uses the moving statistics, Dropout is the identity); see ``SUPPORTED_OPS`` and docs/packed.md.
 A Model runs one call at a time (calls from several threads wait for each other).
+
+Modules: ``graph`` (nodes, their attributes, shape arithmetic), ``ops`` (one class per op),
+``compiler`` (load time), ``planner`` (per input shape), ``model`` (:class:`Model`, :func:`load`).
 """
 from .model import Model, load
 from .ops import SUPPORTED_OPS
