@@ -48,51 +48,67 @@ DEFAULT_RECIPE = IMAGENET_RECIPES["later"]
 
 Row = collections.namedtuple("Row", "label model stem recipe flags top1 top5")
 
-
-def _row(label, model, recipe, top1, top5=None, stem="imagenet", flags=()):
-    return Row(label, model, stem, recipe, tuple(flags), top1, top5)
-
-
-# The BinaryDenseNet poster's tables and the later papers' results (published top-1/top-5 in %).
-TABLES = {
-    "poster-blocks": ("Poster, table 1: more, smaller dense blocks (binary 1x1 transitions + avg pool, "
-                      "reduction 1/1.4/1.4)", [
-        _row("8 blocks of 256", "bdn_poster_8x256", "paper", 50.2, 73.7),
-        _row("16 blocks of 128", "bdn_poster_16x128", "paper", 52.7, 75.7),
-        _row("32 blocks of 64", "bdn_poster_32x64", "paper", 54.3, 77.3),
-    ]),
-    "poster-downsampling": ("Poster, table 2: binary vs full-precision downsampling", [
-        _row("16 x 128, binary transition, reduction 1/1.4/1.4", "bdn_poster_16x128", "paper", 52.7, 75.7),
-        _row("16 x 128, FP transition + ReLU, reduction 2/2/2", "bdn_poster_16x128_fpds", "paper", 55.9, 78.5),
-        _row("32 x 64, binary transition, reduction 1/1.4/1.4", "bdn_poster_32x64", "paper", 54.3, 77.3),
-        _row("32 x 64, FP transition + ReLU, reduction 2/2/2", "bdn_poster_32x64_fpds", "paper", 57.1, 80.0),
-    ]),
-    "paper": ("Poster, table 3 / the papers, paper recipe (Adam, step schedule)", [
-        _row("ResNetE-18", "binary_resnet_e18", "paper", 58.1, 80.6),
-        _row("BinaryDenseNet-28", "binary_densenet28", "paper", 60.7, 82.4),
-        _row("BinaryDenseNet-37", "binary_densenet37", "paper", 62.5, 83.9),
-        _row("BinaryDenseNet-37 dilated", "binary_densenet37_dilated", "paper", 63.7, 84.7),
-    ]),
-    "later": ("The later papers, later recipe (RAdam, cosine, 120 epochs)", [
-        _row("ResNetE-18", "binary_resnet_e18", "later", 60.0, 81.9),
-        _row("BinaryDenseNet-28", "binary_densenet28", "later", 61.7, 83.3),
-        _row("BinaryDenseNet-28, grouped stem", "binary_densenet28", "later", 62.6, 84.0, stem="grouped"),
-        _row("BinaryDenseNet-37", "binary_densenet37", "later", 63.3, 84.4),
-        _row("BinaryDenseNet-37, grouped stem", "binary_densenet37", "later", 64.2, 85.1, stem="grouped"),
-        _row("MeliusNet-22, grouped stem", "meliusnet22", "later", 63.6, stem="grouped"),
-        _row("MeliusNet-29, grouped stem", "meliusnet29", "later", 65.8, stem="grouped"),
-        _row("MeliusNet-42, grouped stem", "meliusnet42", "later", 69.2, stem="grouped"),
-        _row("MeliusNet-59, grouped stem", "meliusnet59", "later", 70.7, stem="grouped"),
-    ]),
-    "resnete-ablation": ("The papers' ResNetE-18 ablations (top-1 only published; their schedule is not "
-                         "given, the paper recipe is used)", [
-        _row("full-precision downsampling shortcut (plain)", "binary_resnet_e18", "paper", 56.7),
-        _row("binary downsampling shortcut", "binary_resnet_e18", "paper", 54.4,
-             flags=("--downsample", "avg_pool,bin_conv,bn")),
-        _row("scaling factors (mean abs W)", "binary_resnet_e18", "paper", 55.6, flags=("--apply-scaling",)),
-        _row("ApproxSign activation", "binary_resnet_e18", "paper", 56.6, flags=("--activation", "approx_sign")),
-    ]),
+_TITLES = {
+    "poster-blocks": "Poster, table 1: more, smaller dense blocks (binary 1x1 transitions + avg pool, "
+                     "reduction 1/1.4/1.4)",
+    "poster-downsampling": "Poster, table 2: binary vs full-precision downsampling",
+    "paper": "Poster, table 3 / the papers, paper recipe (Adam, step schedule)",
+    "later": "The later papers, later recipe (RAdam, cosine, 120 epochs)",
+    "resnete-ablation": "The papers' ResNetE-18 ablations (top-1 only published; their schedule is not given, "
+                        "the paper recipe is used)",
 }
+
+# The BinaryDenseNet poster's tables and the later papers' results: "table (recipe)", then its rows,
+# "label | model | top-1 | top-5 [| stem [| extra train_imagenet.py flags]]" ("-": none published).
+_ROWS = """
+poster-blocks (paper)
+    8 blocks of 256 | bdn_poster_8x256 | 50.2 | 73.7
+    16 blocks of 128 | bdn_poster_16x128 | 52.7 | 75.7
+    32 blocks of 64 | bdn_poster_32x64 | 54.3 | 77.3
+poster-downsampling (paper)
+    16 x 128, binary transition, reduction 1/1.4/1.4 | bdn_poster_16x128 | 52.7 | 75.7
+    16 x 128, FP transition + ReLU, reduction 2/2/2 | bdn_poster_16x128_fpds | 55.9 | 78.5
+    32 x 64, binary transition, reduction 1/1.4/1.4 | bdn_poster_32x64 | 54.3 | 77.3
+    32 x 64, FP transition + ReLU, reduction 2/2/2 | bdn_poster_32x64_fpds | 57.1 | 80.0
+paper (paper)
+    ResNetE-18 | binary_resnet_e18 | 58.1 | 80.6
+    BinaryDenseNet-28 | binary_densenet28 | 60.7 | 82.4
+    BinaryDenseNet-37 | binary_densenet37 | 62.5 | 83.9
+    BinaryDenseNet-37 dilated | binary_densenet37_dilated | 63.7 | 84.7
+later (later)
+    ResNetE-18 | binary_resnet_e18 | 60.0 | 81.9
+    BinaryDenseNet-28 | binary_densenet28 | 61.7 | 83.3
+    BinaryDenseNet-28, grouped stem | binary_densenet28 | 62.6 | 84.0 | grouped
+    BinaryDenseNet-37 | binary_densenet37 | 63.3 | 84.4
+    BinaryDenseNet-37, grouped stem | binary_densenet37 | 64.2 | 85.1 | grouped
+    MeliusNet-22, grouped stem | meliusnet22 | 63.6 | - | grouped
+    MeliusNet-29, grouped stem | meliusnet29 | 65.8 | - | grouped
+    MeliusNet-42, grouped stem | meliusnet42 | 69.2 | - | grouped
+    MeliusNet-59, grouped stem | meliusnet59 | 70.7 | - | grouped
+resnete-ablation (paper)
+    full-precision downsampling shortcut (plain) | binary_resnet_e18 | 56.7 | -
+    binary downsampling shortcut | binary_resnet_e18 | 54.4 | - | imagenet | --downsample avg_pool,bin_conv,bn
+    scaling factors (mean abs W) | binary_resnet_e18 | 55.6 | - | imagenet | --apply-scaling
+    ApproxSign activation | binary_resnet_e18 | 56.6 | - | imagenet | --activation approx_sign
+"""
+
+
+def _tables(text):
+    tables, rows = {}, None
+    for line in text.strip().splitlines():
+        if not line.startswith(" "):
+            name, recipe = line.rstrip(")").split(" (")
+            rows = []
+            tables[name] = (_TITLES[name], rows)
+            continue
+        cells = [c.strip() for c in line.split("|")]
+        label, model, top1, top5, stem, flags = cells + ["imagenet", ""][len(cells) - 4:]
+        rows.append(Row(label, model, stem, recipe, tuple(flags.split()), float(top1),
+                        None if top5 == "-" else float(top5)))
+    return tables
+
+
+TABLES = _tables(_ROWS)
 
 # Published sizes (MB, binary weights 1 bit), operations and binary MACs, per (model, stem), at
 # 224x224 and 1000 classes.
