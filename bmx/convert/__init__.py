@@ -31,11 +31,24 @@ binary layers), :mod:`.rewrite` (rewriting and constant folding), :mod:`.sizes` 
 weighs), :mod:`.verify` (checking the packed model against the original), :mod:`.report`
 (the report as text) and :mod:`.pipeline` (files in, packed directory out).
 """
+import importlib
+
 from .common import ConvertError, VerificationError
-from .pipeline import binarize, binarize_gluon, convert, resolve_source
-from .report import format_report
-from .sizes import theoretical_size_from_graph
-from .verify import verify_packed
+from .source import resolve_source
 
 __all__ = ["convert", "binarize", "binarize_gluon", "resolve_source", "verify_packed", "format_report",
            "ConvertError", "VerificationError", "theoretical_size_from_graph"]
+
+# Converting runs MXNet, finding a model's files does not: the names that need mxnet load their
+# module on first use (PEP 562), so that bmx.onnx_export can use resolve_source without mxnet.
+_NEEDS_MXNET = {"binarize": "pipeline", "binarize_gluon": "pipeline", "convert": "pipeline",
+                "format_report": "report", "theoretical_size_from_graph": "sizes", "verify_packed": "verify"}
+_MODULES = ("common", "patterns", "pipeline", "report", "rewrite", "sizes", "source", "verify")
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _NEEDS_MXNET:
+        return getattr(importlib.import_module(f"{__name__}.{_NEEDS_MXNET[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

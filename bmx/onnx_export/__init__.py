@@ -30,7 +30,7 @@ except ImportError as _err:
 
 from .. import packed
 from .._atomic import atomic_path
-from ..convert import resolve_source
+from ..convert.source import resolve_source
 from ._graph import IR_VERSION, OPSET, OnnxExportError, build
 from ._ops import CONVERTERS
 
