@@ -1,0 +1,72 @@
+"""CI: a packed model's outputs in one environment against another's (runtime-only vs full install).
+
+    python .ci/packed_outputs.py write MODEL DIR     # makes DIR/inputs.npy + DIR/image.png, writes DIR/outputs.npy
+    python .ci/packed_outputs.py compare MODEL DIR   # runs DIR/inputs.npy here, compares with DIR/outputs.npy
+
+The inputs are seeded random images put through the model's own evaluation transform
+(bmx.images), so that both environments see exactly the same float32 batch. `compare` exits 1
+when an output differs by more than float tolerance or a predicted class changes, and 2 when mxnet
+is importable (the runtime-only environment must not have it).
+"""
+import argparse
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+IMAGES = 16
+# Both runs use the same kernels on the same machine; only numpy (and its BLAS) differ.
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def make_inputs(meta, directory):
+    import cv2
+
+    from bmx import images
+
+    side = int(meta["preprocessing"]["image_size"])
+    pictures = np.random.RandomState(0).randint(0, 256, size=(IMAGES, side, side, 3)).astype(np.uint8)
+    batch = np.concatenate([images.evaluation_input(p, meta["preprocessing"]) for p in pictures])
+    np.save(os.path.join(directory, "inputs.npy"), batch)
+    cv2.imwrite(os.path.join(directory, "image.png"), pictures[0][:, :, ::-1])  # OpenCV writes BGR
+    return batch
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["write", "compare"])
+    p.add_argument("model", help="packed model directory")
+    p.add_argument("dir", help="directory for inputs.npy, outputs.npy and image.png")
+    args = p.parse_args(argv)
+
+    from bmx import runtime, xnor
+
+    model = runtime.load(args.model)
+    if args.action == "write":
+        os.makedirs(args.dir, exist_ok=True)
+        logits = model(make_inputs(model.meta, args.dir))
+        np.save(os.path.join(args.dir, "outputs.npy"), logits)
+        print(f"packed_outputs: wrote {logits.shape} logits of {args.model} (numpy {np.__version__}, "
+              f"kernel {xnor.get_kernel()})")
+        return 0
+    if importlib.util.find_spec("mxnet") is not None:
+        print("packed_outputs: mxnet is installed here; compare runs in the runtime-only environment",
+              file=sys.stderr)
+        return 2
+    want = np.load(os.path.join(args.dir, "outputs.npy"))
+    got = model(np.load(os.path.join(args.dir, "inputs.npy")))
+    worst = float(np.max(np.abs(got - want)))
+    same_classes = bool((got.argmax(axis=1) == want.argmax(axis=1)).all())
+    print(f"packed_outputs: numpy {np.__version__}, kernel {xnor.get_kernel()}: largest difference {worst:.3g} "
+          f"over {got.size} logits, predicted classes {'identical' if same_classes else 'DIFFER'}")
+    if got.shape != want.shape or not np.allclose(got, want, rtol=RTOL, atol=ATOL) or not same_classes:
+        return 1
+    if "mxnet" in sys.modules:
+        print("packed_outputs: running the packed model imported mxnet", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
