@@ -1,15 +1,20 @@
 """CI: a packed model's outputs in one environment against another's (runtime-only vs full install).
 
-    python .ci/packed_outputs.py write MODEL DIR     # makes DIR/inputs.npy + DIR/image.png, writes DIR/outputs.npy
-    python .ci/packed_outputs.py compare MODEL DIR   # runs DIR/inputs.npy here, compares with DIR/outputs.npy
+    python .ci/packed_outputs.py write MODEL DIR     # in the full install
+    python .ci/packed_outputs.py compare MODEL DIR [--evaluate JSON]   # in the runtime-only one
 
-The inputs are seeded random images put through the model's own evaluation transform
-(bmx.images), so that both environments see exactly the same float32 batch. `compare` exits 1
-when an output differs by more than float tolerance or a predicted class changes, and 2 when mxnet
-is importable (the runtime-only environment must not have it).
+`write` makes seeded random images: DIR/image.png, DIR/images.rec + .idx (with mxnet's writer,
+labels 0..9) and DIR/inputs.npy, the images put through the model's own evaluation transform
+(bmx.images), so that both environments see exactly the same float32 batch; it writes the
+model's logits to DIR/outputs.npy. `compare` runs DIR/inputs.npy here and compares with
+DIR/outputs.npy; with --evaluate, also the scores that `example/evaluate.py --packed` printed here
+(JSON) with those in DIR/evaluate.json (the full install's). It exits 1 when an output or score
+differs by more than float tolerance or a predicted class changes, and 2 when mxnet is
+importable (the runtime-only environment must not have it).
 """
 import argparse
 import importlib.util
+import json
 import os
 import sys
 
@@ -22,6 +27,7 @@ RTOL, ATOL = 1e-4, 1e-4
 
 def make_inputs(meta, directory):
     import cv2
+    import mxnet as mx
 
     from bmx import images
 
@@ -30,14 +36,30 @@ def make_inputs(meta, directory):
     batch = np.concatenate([images.evaluation_input(p, meta["preprocessing"]) for p in pictures])
     np.save(os.path.join(directory, "inputs.npy"), batch)
     cv2.imwrite(os.path.join(directory, "image.png"), pictures[0][:, :, ::-1])  # OpenCV writes BGR
+    writer = mx.recordio.MXIndexedRecordIO(os.path.join(directory, "images.idx"),
+                                           os.path.join(directory, "images.rec"), "w")
+    for i, picture in enumerate(pictures):
+        header = mx.recordio.IRHeader(0, float(i % 10), i, 0)
+        writer.write_idx(i, mx.recordio.pack_img(header, picture[:, :, ::-1], img_fmt=".png"))
+    writer.close()
     return batch
+
+
+def same_scores(path, reference):
+    """The scores example/evaluate.py printed (JSON files) agree: counts and accuracies exactly."""
+    with open(path) as f, open(reference) as g:
+        got, want = json.load(f), json.load(g)
+    print(f"packed_outputs: evaluate.py here {got}")
+    return all(got[k] == want[k] for k in ("images", "top1", "top5")) and \
+        np.isclose(got["loss"], want["loss"], rtol=RTOL, atol=ATOL)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["write", "compare"])
     p.add_argument("model", help="packed model directory")
-    p.add_argument("dir", help="directory for inputs.npy, outputs.npy and image.png")
+    p.add_argument("dir", help="directory of the files listed above")
+    p.add_argument("--evaluate", metavar="JSON", help="compare: the output of example/evaluate.py --packed here")
     args = p.parse_args(argv)
 
     from bmx import runtime, xnor
@@ -61,6 +83,9 @@ def main(argv=None):
     print(f"packed_outputs: numpy {np.__version__}, kernel {xnor.get_kernel()}: largest difference {worst:.3g} "
           f"over {got.size} logits, predicted classes {'identical' if same_classes else 'DIFFER'}")
     if got.shape != want.shape or not np.allclose(got, want, rtol=RTOL, atol=ATOL) or not same_classes:
+        return 1
+    if args.evaluate and not same_scores(args.evaluate, os.path.join(args.dir, "evaluate.json")):
+        print("packed_outputs: example/evaluate.py --packed scores differ from the full install's", file=sys.stderr)
         return 1
     if "mxnet" in sys.modules:
         print("packed_outputs: running the packed model imported mxnet", file=sys.stderr)

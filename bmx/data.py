@@ -58,6 +58,7 @@ from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
 from mxnet.gluon.data.vision import ImageFolderDataset
 
 from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
+from .records import CIFAR10_SPLIT_SEED, DataError, heldout_indices, read_index
 
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
            "evaluation_split", "check_recordio", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",
@@ -69,16 +70,9 @@ IMAGENET_TRAIN_IMAGES = 1281167
 # Of the 50,000 JPEG-decoded training images (see the dataset's README).
 CIFAR10_MEAN = (125.27, 122.93, 113.86)
 CIFAR10_STD = (62.53, 61.91, 66.46)
-# The CIFAR-10 hold-out depends on this constant only, not on the training seed, so that runs
-# with different seeds are validated on the same images.
-CIFAR10_SPLIT_SEED = 0
 
 AUGMENTATIONS = ("resized-crop", "crop")
 LOADERS = ("record-iter", "gluon")
-
-
-class DataError(ValueError):
-    """Missing, misplaced or corrupt data; the message names the path and what was expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,33 +155,9 @@ def check_recordio(rec_path, idx_path=None):
     first record must hold a decodable image. Raises :class:`DataError` naming the file otherwise.
     """
     idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
-    missing = [p for p in (rec_path, idx_path) if not os.path.isfile(p)]
-    if missing:
-        raise DataError(f"{' and '.join(missing)}: not found (expected a RecordIO pair "
-                        f"{os.path.basename(rec_path)} + {os.path.basename(idx_path)} in "
-                        f"{os.path.dirname(os.path.abspath(rec_path))})")
-    size = os.path.getsize(rec_path)
-    count = 0
-    with open(idx_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                int(fields[0])
-                offset = int(fields[1])
-            except ValueError:
-                raise DataError(f"{idx_path}: line {number} is not 'key<TAB>offset': {line.strip()[:80]!r}") from None
-            if not 0 <= offset < size:
-                raise DataError(f"{idx_path}: line {number} points to byte {offset}, outside {rec_path} "
-                                f"({size} bytes): the index does not belong to this .rec file")
-            count += 1
-    if not count:
-        raise DataError(f"{idx_path}: the index lists no records")
+    keys, _ = read_index(rec_path, idx_path)
     _RecordImages(rec_path, idx_path)[0]
-    return count
+    return len(keys)
 
 
 def _decode_error(err):
@@ -583,11 +553,6 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_part
                 val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop", num_parts=num_parts,
                 part_index=part_index)
     return DataBundle(train, val, test, 10, prep, info)
-
-
-def heldout_indices(num_images, val_size, split_seed=CIFAR10_SPLIT_SEED):
-    """Record indices of the CIFAR-10 hold-out (what :func:`cifar10` validates on)."""
-    return np.sort(np.random.RandomState(split_seed).permutation(num_images)[:val_size])
 
 
 def evaluation_split(path, preprocessing, batch_size, indices=None, num_workers=0):
