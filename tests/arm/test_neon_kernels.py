@@ -4,9 +4,9 @@ tests/arm/neon_check.c checks every NEON kernel (sign + pack of rows and of NCHW
 without the folded BatchNorm threshold, the xnor GEMM and the convolution into int32, float and
 thresholded bits) bit for bit against the portable kernels on the same random inputs, and both
 against a direct computation of the documented math. These tests build it with the Debian cross
-compiler and run it with qemu-aarch64: `python -m pytest -q -m arm`. Without the two packages
-(gcc-aarch64-linux-gnu, qemu-user) they are skipped in a plain run and fail when asked for by
-name (`-m arm`), so that CI cannot pass them silently.
+compiler and run it with qemu-aarch64: `python -m pytest -q -m arm` (a plain run deselects them,
+see pyproject.toml). Without the two packages (gcc-aarch64-linux-gnu, qemu-user) they fail when
+selected with `-m arm`, so that CI cannot pass them silently, and are skipped otherwise.
 """
 import os
 import shutil
