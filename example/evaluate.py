@@ -74,6 +74,9 @@ def score_packed(model, path, indices, batch_size):
         x = np.concatenate([images.evaluation_input(p, model.meta["preprocessing"]) for p in pictures])
         logits = model(x).astype(np.float64)
         labels = np.asarray(labels)
+        outside = labels[(labels < 0) | (labels >= classes)]
+        if outside.size:
+            raise records.DataError(f"{path}: label {outside[0]} is outside the model's {classes} classes")
         shifted = logits - logits.max(axis=1, keepdims=True)
         loss += float(np.sum(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
         top1 += int(np.sum(logits.argmax(axis=1) == labels))
@@ -123,7 +126,7 @@ def main(argv=None):
                    help="evaluate only the records the run held out for validation (CIFAR-10 train.rec)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--ctx", default="cpu", help="cpu or gpu:0,1,...")
-    p.add_argument("--num-workers", type=int, default=0, help="decoding processes (0: in this process)")
+    p.add_argument("--num-workers", type=int, default=0, help="--model-dir: decoding processes (0: in this process)")
     p.add_argument("--threads", type=int, help="--packed: threads of the binary kernels (default: all cores)")
     args = p.parse_args(argv)
     try:

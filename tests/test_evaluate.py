@@ -109,3 +109,9 @@ def test_errors_are_named(dataset, tmp_path, capsys):
     assert "none.rec" in capsys.readouterr().err
     assert evaluate.main(["--packed", MODEL, "--data", dataset[1], "--holdout"]) == 2
     assert "--holdout applies to RecordIO files only" in capsys.readouterr().err
+    picture = np.zeros((32, 32, 3), np.uint8)
+    for label in range(11):  # one class folder more than the model has classes
+        os.makedirs(tmp_path / "eleven" / f"k{label:02d}")
+        cv2.imwrite(str(tmp_path / "eleven" / f"k{label:02d}" / "a.png"), picture)
+    assert evaluate.main(["--packed", MODEL, "--data", str(tmp_path / "eleven")]) == 2
+    assert "eleven: label 10 is outside the model's 10 classes" in capsys.readouterr().err
