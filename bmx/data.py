@@ -58,7 +58,7 @@ from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
 from mxnet.gluon.data.vision import ImageFolderDataset
 
 from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
-from .records import CIFAR10_SPLIT_SEED, DataError, heldout_indices, read_index
+from .datafiles import CIFAR10_SPLIT_SEED, DataError, heldout_indices, read_index
 
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
            "evaluation_split", "check_recordio", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",

@@ -10,7 +10,7 @@ The model is OUT/model-symbol.json + OUT/model-0000.params (loaded with bmx.impo
 gives its preprocessing (input size, resize, mean/std), which is applied to every image: shorter
 side resized, center crop, normalization. ``--packed DIR`` evaluates a bit-packed model made by
 tools/binarize_model.py instead, run by bmx.runtime (the xnor-popcount kernels, not MXNet) on
-images read with numpy and OpenCV (bmx.records): that path needs no mxnet installed.
+images read with numpy and OpenCV (bmx.datafiles): that path needs no mxnet installed.
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from bmx import images, records
+from bmx import datafiles, images
 
 
 def load_model_dir(model_dir, ctx):
@@ -56,13 +56,13 @@ def score_packed(model, path, indices, batch_size):
     """Loss (softmax cross-entropy), top-1 and top-5 of a bmx.runtime model, as training.evaluate
     reports them, on a .rec file (the records at ``indices``, or all) or a class-folder directory."""
     if os.path.isdir(path):
-        _, items = records.folder_images(path)
+        _, items = datafiles.folder_images(path)
         read = [lambda item=item: (images.read_rgb(item[0]), item[1]) for item in items]
     else:
         if not path.endswith(".rec"):
-            raise records.DataError(f"{path}: expected a .rec file (with its .idx beside it) or an image-folder "
+            raise datafiles.DataError(f"{path}: expected a .rec file (with its .idx beside it) or an image-folder "
                                     "directory")
-        rec = records.RecordFile(path)
+        rec = datafiles.RecordFile(path)
         chosen = range(len(rec)) if indices is None else indices
         read = [lambda i=int(i): rec.image(i) for i in chosen]
     classes = model.meta["classes"]
@@ -76,7 +76,7 @@ def score_packed(model, path, indices, batch_size):
         labels = np.asarray(labels)
         outside = labels[(labels < 0) | (labels >= classes)]
         if outside.size:
-            raise records.DataError(f"{path}: label {outside[0]} is outside the model's {classes} classes")
+            raise datafiles.DataError(f"{path}: label {outside[0]} is outside the model's {classes} classes")
         shifted = logits - logits.max(axis=1, keepdims=True)
         loss += float(np.sum(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]))
         top1 += int(np.sum(logits.argmax(axis=1) == labels))
@@ -95,7 +95,7 @@ def holdout(args, meta, count_records):
                          "(no val_size in model.json)")
     if os.path.isdir(args.data):
         raise ValueError("--holdout applies to RecordIO files only")
-    return records.heldout_indices(count_records(args.data), val_size, meta["data"]["split_seed"])
+    return datafiles.heldout_indices(count_records(args.data), val_size, meta["data"]["split_seed"])
 
 
 def evaluate_model_dir(args):
@@ -132,7 +132,7 @@ def main(argv=None):
     try:
         if args.packed:
             model, meta = load_packed(args.packed, args.threads)
-            indices = holdout(args, meta, lambda path: len(records.read_index(path)[0]))
+            indices = holdout(args, meta, lambda path: len(datafiles.read_index(path)[0]))
             scores = score_packed(model, args.data, indices, args.batch_size)
         else:
             scores = evaluate_model_dir(args)

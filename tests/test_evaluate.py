@@ -71,11 +71,11 @@ def test_packed_scores_match_the_mxnet_pipeline(dataset, capsys, source):
 
 
 def test_packed_holdout_scores_the_records_of_the_split(dataset, tmp_path, capsys):
-    from bmx import records
+    from bmx import datafiles
 
     rec, _ = dataset
     meta = runtime.load(MODEL).meta
-    indices = records.heldout_indices(13, 6, meta["data"]["split_seed"])
+    indices = datafiles.heldout_indices(13, 6, meta["data"]["split_seed"])
     # the shipped model's val_size is larger than this file: a copy with a smaller one
     model = tmp_path / "model"
     os.makedirs(model)

@@ -1,4 +1,4 @@
-"""bmx.records: RecordIO files and class folders read with numpy and OpenCV, against MXNet's writer
+"""bmx.datafiles: RecordIO files and class folders read with numpy and OpenCV, against MXNet's writer
 and a writer of the documented format."""
 import os
 import struct
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bmx import records
+from bmx import datafiles
 
 MAGIC = 0xCED7230A
 
@@ -53,7 +53,7 @@ def test_reads_the_documented_format_with_split_records_and_label_arrays(tmp_pat
             else:
                 write_parts(f, data, 1)
     idx.write_text("".join(f"{10 + i}\t{o}\n" for i, o in enumerate(offsets)))
-    reader = records.RecordFile(str(rec))
+    reader = datafiles.RecordFile(str(rec))
     assert len(reader) == 4 and reader.keys == [10, 11, 12, 13]
     for i, picture in enumerate(pictures):
         image, label = reader.image(i)
@@ -74,7 +74,7 @@ def test_reads_what_mxnet_writes(tmp_path):
     raw = b"abcd" + struct.pack("<I", MAGIC) + b"efgh"
     writer.write_idx(len(pictures), raw)
     writer.close()
-    reader = records.RecordFile(rec)
+    reader = datafiles.RecordFile(rec)
     for i, picture in enumerate(pictures):
         image, label = reader.image(i)
         np.testing.assert_array_equal(image, picture)
@@ -90,13 +90,13 @@ def test_reads_what_mxnet_writes(tmp_path):
 def test_index_errors_name_the_file_and_line(tmp_path, index, message):
     (tmp_path / "d.rec").write_bytes(b"\0" * 64)
     (tmp_path / "d.idx").write_text(index)
-    with pytest.raises(records.DataError, match=message):
-        records.RecordFile(str(tmp_path / "d.rec"))
+    with pytest.raises(datafiles.DataError, match=message):
+        datafiles.RecordFile(str(tmp_path / "d.rec"))
 
 
 def test_missing_files_and_corrupt_records_are_named(tmp_path):
-    with pytest.raises(records.DataError, match=r"d\.rec and .*d\.idx: not found"):
-        records.read_index(str(tmp_path / "d.rec"))
+    with pytest.raises(datafiles.DataError, match=r"d\.rec and .*d\.idx: not found"):
+        datafiles.read_index(str(tmp_path / "d.rec"))
     rec = tmp_path / "d.rec"
     with open(rec, "wb") as f:
         write_parts(f, payload(images(1)[0], 1), 1)
@@ -105,12 +105,12 @@ def test_missing_files_and_corrupt_records_are_named(tmp_path):
         third = f.tell()
         f.write(b"garbage!")
     (tmp_path / "d.idx").write_text(f"5\t0\n6\t{second}\n7\t{third}\n")
-    reader = records.RecordFile(str(rec))
+    reader = datafiles.RecordFile(str(rec))
     assert reader.image(0)[1] == 1
-    with pytest.raises(records.DataError, match=r"d\.rec: record 1 \(key 6\) is corrupt or not an image "
+    with pytest.raises(datafiles.DataError, match=r"d\.rec: record 1 \(key 6\) is corrupt or not an image "
                                                 r"\(the payload is not a decodable image\)"):
         reader.image(1)
-    with pytest.raises(records.DataError, match=r"record 2 \(key 7\) .*no RecordIO magic word"):
+    with pytest.raises(datafiles.DataError, match=r"record 2 \(key 7\) .*no RecordIO magic word"):
         reader.image(2)
 
 
@@ -120,17 +120,17 @@ def test_folder_images_list_sorted_classes_and_image_files(tmp_path):
         for file in files:
             (tmp_path / name / file).write_bytes(b"")
     (tmp_path / "stray.png").write_bytes(b"")
-    classes, items = records.folder_images(str(tmp_path))
+    classes, items = datafiles.folder_images(str(tmp_path))
     assert classes == ["a", "b", "c"]
     assert [(os.path.relpath(p, tmp_path), label) for p, label in items] == \
         [(os.path.join("a", "x.jpeg"), 0), (os.path.join("b", "1.JPG"), 1), (os.path.join("b", "2.png"), 1)]
-    with pytest.raises(records.DataError, match="no images found"):
-        records.folder_images(str(tmp_path / "c"))
-    with pytest.raises(records.DataError, match="no such directory"):
-        records.folder_images(str(tmp_path / "missing"))
+    with pytest.raises(datafiles.DataError, match="no images found"):
+        datafiles.folder_images(str(tmp_path / "c"))
+    with pytest.raises(datafiles.DataError, match="no such directory"):
+        datafiles.folder_images(str(tmp_path / "missing"))
 
 
 def test_heldout_indices_are_a_fixed_sorted_sample():
-    held = records.heldout_indices(100, 30)
+    held = datafiles.heldout_indices(100, 30)
     assert len(held) == 30 and len(set(held.tolist())) == 30 and (np.diff(held) > 0).all()
     np.testing.assert_array_equal(held, np.sort(np.random.RandomState(0).permutation(100)[:30]))
