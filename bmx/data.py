@@ -13,7 +13,9 @@ Layouts read:
   ``mx.gluon.data.vision.ImageFolderDataset`` (classes are the sorted sub-folder names).
 * CIFAR-10, RecordIO: ``DIR/train.rec`` + ``train.idx`` (JPEG records, labels 0..9). A fixed-seed
   random hold-out of ``val_size`` images is the validation split; ``DIR/test.rec`` + ``test.idx``,
-  when present, is the test split.
+  when present, is the test split. By default (``loader='memory'``) the records are decoded once
+  into memory and augmented a batch at a time (:mod:`bmx.memory_data`); ``loader='gluon'`` reads
+  them with the per-image Gluon pipeline below.
 
 Augmentation presets:
 
@@ -27,7 +29,9 @@ Augmentation presets:
 Determinism: the Gluon pipelines seed Python's ``random`` for every image from
 ``(seed, epoch, image index)`` before augmenting it and shuffle with a generator seeded from
 ``(seed, epoch)``, so an epoch's batches do not depend on worker processes or on what ran before;
-this is what makes a resumed run identical to an unbroken one. ``mx.io.ImageRecordIter`` is
+this is what makes a resumed run identical to an unbroken one. The in-memory CIFAR-10 splits read
+the same ``(seed, epoch)`` order and draw a batch's crops and flips from a generator seeded from
+``(seed, epoch)`` as well. ``mx.io.ImageRecordIter`` is
 re-created every epoch with seeds derived from ``(seed, epoch)``, which fixes its order, but its
 decoding threads make augmentation only reproducible with one thread.
 
@@ -35,7 +39,7 @@ Sharding (``num_parts`` workers of a distributed job, this one ``part_index``; s
 docs/distributed.md): only the training split is sharded, and every part yields the same number
 of batches per epoch, because a synchronous parameter-server step waits for all workers.
 
-* Gluon pipelines: all workers draw the same ``(seed, epoch)`` order; step s of the epoch takes its
+* Gluon and in-memory pipelines: all workers draw the same ``(seed, epoch)`` order; step s of the epoch takes its
   ``num_parts x batch_size`` images from that order and part p reads the p-th batch of them. The
   images of a step are therefore those one process with a ``num_parts`` times larger batch would
   read, and no image is read twice in an epoch.
@@ -46,23 +50,25 @@ of batches per epoch, because a synchronous parameter-server step waits for all 
   over its images when it runs out.
 """
 import dataclasses
+import functools
 import math
 import os
 import random
-import struct
 
 import cv2
 import mxnet as mx
 import numpy as np
 from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
-from mxnet.gluon.data.vision import ImageFolderDataset
 
+from . import memory_data
 from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
-from .datafiles import CIFAR10_SPLIT_SEED, DataError, heldout_indices, read_index
+from .datafiles import CIFAR10_SPLIT_SEED, heldout_indices
+from .records import DataError, FolderImages, RecordImages, check_recordio, decode_error, require_dir
 
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
            "evaluation_split", "check_recordio", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",
-           "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS"]
+           "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS",
+           "CIFAR10_LOADERS"]
 
 IMAGENET_MEAN = (123.68, 116.78, 103.94)
 IMAGENET_STD = (58.39, 57.12, 57.38)
@@ -73,6 +79,7 @@ CIFAR10_STD = (62.53, 61.91, 66.46)
 
 AUGMENTATIONS = ("resized-crop", "crop")
 LOADERS = ("record-iter", "gluon")
+CIFAR10_LOADERS = ("memory", "gluon")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,84 +146,6 @@ class DataBundle:
     classes: int
     preprocessing: Preprocessing
     info: dict
-
-
-# ----------------------------------------------------------------------------- checks
-
-def _require_dir(path, what):
-    if not os.path.isdir(path):
-        raise DataError(f"{path}: no such directory (expected {what})")
-
-
-def check_recordio(rec_path, idx_path=None):
-    """Checks a RecordIO pair before training starts; returns its number of records.
-
-    The index must be text lines ``key<TAB>offset`` with offsets inside the .rec file, and the
-    first record must hold a decodable image. Raises :class:`DataError` naming the file otherwise.
-    """
-    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
-    keys, _ = read_index(rec_path, idx_path)
-    _RecordImages(rec_path, idx_path)[0]
-    return len(keys)
-
-
-def _decode_error(err):
-    text = str(err).strip().splitlines()
-    return text[-1] if text else type(err).__name__
-
-
-class _RecordImages(Dataset):
-    """Images of a RecordIO file as (HWC uint8 RGB array, label); errors name the file and record."""
-
-    def __init__(self, rec_path, idx_path=None):
-        self.path = rec_path
-        idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
-        try:
-            self._reader = mx.recordio.MXIndexedRecordIO(idx_path, rec_path, "r")
-        except (ValueError, IndexError) as err:
-            raise DataError(f"{idx_path}: malformed RecordIO index ({err})") from None
-        except mx.MXNetError as err:
-            raise DataError(f"{rec_path}: cannot open as RecordIO ({_decode_error(err)})") from None
-
-    def __len__(self):
-        return len(self._reader.keys)
-
-    def __getitem__(self, index):
-        key = self._reader.keys[index]
-        try:
-            header, image = mx.recordio.unpack_img(self._reader.read_idx(key), cv2.IMREAD_COLOR)
-        except (mx.MXNetError, struct.error, cv2.error) as err:
-            image, reason = None, _decode_error(err)
-        else:
-            reason = "the payload is not a decodable image"
-        if image is None:
-            raise DataError(f"{self.path}: record {index} (key {key}) is corrupt or not an image ({reason})")
-        label = header.label if np.isscalar(header.label) else header.label[0]
-        return image[:, :, ::-1], label
-
-
-class _FolderImages(Dataset):
-    """Images of ``root/<class>/*`` (classes: sorted sub-folder names) as (HWC uint8 RGB array, label)."""
-
-    def __init__(self, root):
-        _require_dir(root, "one sub-folder of images per class")
-        listing = ImageFolderDataset(root)
-        self.root = root
-        self.synsets = listing.synsets
-        self._items = listing.items
-        if not self._items:
-            raise DataError(f"{root}: no images found (expected {root}/<class>/<image>.jpg, "
-                            "one sub-folder per class)")
-
-    def __len__(self):
-        return len(self._items)
-
-    def __getitem__(self, index):
-        path, label = self._items[index]
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"{path}: not a readable image")
-        return image[:, :, ::-1], label
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -297,12 +226,24 @@ class _Augmented(Dataset):
         return np.ascontiguousarray(self._transform(image)), np.float32(label)
 
 
-class _EpochSampler(Sampler):
-    """Keys of :class:`_Augmented` for one epoch, shuffled by a generator seeded from (seed, epoch).
+def _epoch_order(indices, shuffle, seed, epoch):
+    """The order in which an epoch reads ``indices``: shuffled by a generator seeded from (seed, epoch)."""
+    return np.random.RandomState([seed, epoch]).permutation(indices) if shuffle else indices
 
-    With ``num_parts > 1`` it yields part ``part_index`` of the epoch (see the module docstring):
-    from every block of ``num_parts * batch_size`` consecutive keys, the ``part_index``-th batch.
-    """
+
+def _part_of(order, num_parts, part_index, batch_size):
+    """Part ``part_index`` of an epoch's ``order`` (rows): from every block of ``num_parts * batch_size``
+    consecutive rows, the ``part_index``-th batch (see the module docstring)."""
+    if num_parts == 1:
+        return order
+    steps = len(order) // (num_parts * batch_size)
+    blocks = order[:steps * num_parts * batch_size].reshape((steps, num_parts, batch_size) + order.shape[1:])
+    return blocks[:, part_index].reshape((-1,) + order.shape[1:])
+
+
+class _EpochSampler(Sampler):
+    """Keys of :class:`_Augmented` for one epoch (:func:`_epoch_order`), part ``part_index`` of
+    ``num_parts`` (:func:`_part_of`)."""
 
     def __init__(self, indices, size, shuffle, seed, num_parts=1, part_index=0, batch_size=1):
         self._indices = np.asarray(indices, dtype=np.int64)
@@ -318,21 +259,31 @@ class _EpochSampler(Sampler):
         return len(self._indices) // (self._parts * self._batch) * self._batch
 
     def __iter__(self):
-        order = self._indices
-        if self._shuffle:
-            order = np.random.RandomState([self._seed, self.epoch]).permutation(order)
-        if self._parts > 1:
-            steps = len(order) // (self._parts * self._batch)
-            order = order[:steps * self._parts * self._batch].reshape(steps, self._parts, self._batch)
-            order = order[:, self._part].ravel()
+        order = _epoch_order(self._indices, self._shuffle, self._seed, self.epoch)
+        order = _part_of(order, self._parts, self._part, self._batch)
         return iter((order + self.epoch * self._size).tolist())
 
 
 def _to_input(images, preprocessing):
-    """(N, H, W, 3) uint8 NDArray -> normalized (N, 3, H, W) float32."""
-    data = mx.nd.image.to_tensor(images)
-    return mx.nd.image.normalize(data, mean=tuple(m / 255 for m in preprocessing.mean),
-                                 std=tuple(s / 255 for s in preprocessing.std))
+    """(N, H, W, 3) uint8 images (numpy or NDArray) -> normalized (N, 3, H, W) float32 NDArray.
+
+    ``(x / 255 - mean / 255) / (std / 255)`` in float32, the operations (and so the bits) of
+    ``mx.nd.image.to_tensor`` followed by ``mx.nd.image.normalize``, in numpy, which costs a
+    fifth of those two operators on a CIFAR-10 batch.
+    """
+    images = images.asnumpy() if isinstance(images, mx.nd.NDArray) else images
+    data = images.transpose(0, 3, 1, 2).astype(np.float32)
+    data /= np.float32(255)
+    data -= np.array([m / 255 for m in preprocessing.mean], dtype=np.float32)[:, None, None]
+    data /= np.array([s / 255 for s in preprocessing.std], dtype=np.float32)[:, None, None]
+    return mx.nd.array(data)
+
+
+def _check_batch(name, images, batch_size, num_parts, description):
+    if name == "train" and images < batch_size * num_parts:
+        workers = f" for each of {num_parts} workers" if num_parts > 1 else ""
+        raise DataError(f"{description}: the training split has {images} images, fewer than "
+                        f"one batch of {batch_size}{workers}")
 
 
 class _GluonSplit(Split):
@@ -341,23 +292,55 @@ class _GluonSplit(Split):
     def __init__(self, name, base, indices, transform, preprocessing, batch_size, shuffle, seed, num_workers,
                  description, num_parts=1, part_index=0):
         indices = np.arange(len(base)) if indices is None else np.asarray(indices)
-        train = name == "train"
-        super().__init__(name, len(indices) // num_parts, batch_size, drop_last=train, description=description)
-        if train and len(indices) < batch_size * num_parts:
-            workers = f" for each of {num_parts} workers" if num_parts > 1 else ""
-            raise DataError(f"{description}: the training split has {len(indices)} images, fewer than "
-                            f"one batch of {batch_size}{workers}")
+        super().__init__(name, len(indices) // num_parts, batch_size, drop_last=name == "train",
+                         description=description)
+        _check_batch(name, len(indices), batch_size, num_parts, description)
         self._preprocessing = preprocessing
         self._sampler = _EpochSampler(indices, len(base), shuffle, seed, num_parts, part_index, batch_size)
         self._loader = DataLoader(_Augmented(base, transform, seed),
                                   batch_sampler=BatchSampler(self._sampler, batch_size,
-                                                             "discard" if train else "keep"),
+                                                             "discard" if self.drop_last else "keep"),
                                   num_workers=num_workers)
 
     def batches(self, epoch):
         self._sampler.epoch = epoch
         for images, labels in self._loader:
             yield _to_input(images, self._preprocessing), labels.astype("float32")
+
+
+class _MemorySplit(Split):
+    """A split of images held in memory (:mod:`bmx.memory_data`): ``images[indices]`` in the order
+    and parts of the Gluon pipeline (:func:`_epoch_order`, :func:`_part_of`), with ``pad > 0``
+    zero-padded, cropped back and flipped a batch at a time. The crop offsets and flips of an epoch
+    are drawn, one per position of its whole order, by a generator seeded from (seed, epoch), then
+    split into parts like the order, so a part sees what one process with a larger batch would."""
+
+    def __init__(self, name, images, labels, indices, preprocessing, batch_size, shuffle, seed, pad, description,
+                 num_parts=1, part_index=0):
+        self._indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+        super().__init__(name, len(self._indices) // num_parts, batch_size, drop_last=name == "train",
+                         description=description)
+        _check_batch(name, len(self._indices), batch_size, num_parts, description)
+        self._images, self._labels, self._preprocessing = images, labels, preprocessing
+        self._shuffle, self._seed, self._pad = shuffle, seed, pad
+        self._parts, self._part = num_parts, part_index
+
+    def batches(self, epoch):
+        order = _epoch_order(self._indices, self._shuffle, self._seed, epoch)
+        draws = None
+        if self._pad:
+            rng = np.random.default_rng([self._seed, epoch])
+            draws = np.stack(memory_data.draw_pad_crop_flip(rng, len(order), self._pad), axis=1)
+            draws = _part_of(draws, self._parts, self._part, self.batch_size)
+        order = _part_of(order, self._parts, self._part, self.batch_size)
+        for step in range(len(self)):
+            rows = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            images = self._images[order[rows]]
+            if draws is not None:
+                tops, lefts, flips = draws[rows].T
+                images = memory_data.pad_crop_flip(images, tops, lefts, flips.astype(bool), self._pad)
+            yield (_to_input(images, self._preprocessing),
+                   mx.nd.array(self._labels[order[rows]]))
 
 
 class _RecordIterSplit(Split):
@@ -405,14 +388,14 @@ class _RecordIterSplit(Split):
                 remaining -= n
                 yield batch.data[0][:n].copy(), batch.label[0][:n].copy()
         except mx.MXNetError as err:
-            raise DataError(f"{self._rec}: mx.io.ImageRecordIter failed ({_decode_error(err)}); a record is "
+            raise DataError(f"{self._rec}: mx.io.ImageRecordIter failed ({decode_error(err)}); a record is "
                             "corrupt or not an image (loader 'gluon' names the record)") from None
 
 
 # ----------------------------------------------------------------------------- datasets
 
 def _imagenet_layout(data_dir):
-    _require_dir(data_dir, "ImageNet as train.rec/train.idx/val.rec/val.idx or train/ and val/ image folders")
+    require_dir(data_dir, "ImageNet as train.rec/train.idx/val.rec/val.idx or train/ and val/ image folders")
     if os.path.exists(os.path.join(data_dir, "train.rec")):
         return "recordio"
     if os.path.isdir(os.path.join(data_dir, "train")):
@@ -463,8 +446,8 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
                 num_parts=num_parts, part_index=part_index)
     part = dict(num_parts=num_parts, part_index=part_index)
     if layout == "folder":
-        train_base = _FolderImages(os.path.join(data_dir, "train"))
-        val_base = _FolderImages(os.path.join(data_dir, "val"))
+        train_base = FolderImages(os.path.join(data_dir, "train"))
+        val_base = FolderImages(os.path.join(data_dir, "val"))
         if val_base.synsets != train_base.synsets:
             raise DataError(f"{data_dir}: train/ and val/ have different class folders "
                             f"({len(train_base.synsets)} vs {len(val_base.synsets)})")
@@ -485,9 +468,9 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
     info.update(loader=loader, classes=classes)
     if loader == "gluon":
         make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
-        train = _GluonSplit("train", _RecordImages(*paths["train"]), None, train_tf, shuffle=True,
+        train = _GluonSplit("train", RecordImages(*paths["train"]), None, train_tf, shuffle=True,
                             description=paths["train"][0], **make, **part)
-        val = _GluonSplit("val", _RecordImages(*paths["val"]), None, val_tf, shuffle=False,
+        val = _GluonSplit("val", RecordImages(*paths["val"]), None, val_tf, shuffle=False,
                           description=paths["val"][0], **make)
         return DataBundle(train, val, None, classes, prep, info)
     norm = dict(mean_r=prep.mean[0], mean_g=prep.mean[1], mean_b=prep.mean[2],
@@ -506,7 +489,8 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
     return DataBundle(train, val, None, classes, prep, info)
 
 
-def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_parts=1, part_index=0):
+def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_parts=1, part_index=0,
+            loader="memory"):
     """CIFAR-10 from RecordIO: train minus a fixed hold-out, the hold-out as val, test.rec if present.
 
     Args:
@@ -515,16 +499,21 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_part
         val_size: images held out of train.rec for validation (0: none). The hold-out is a random
             subset drawn with a fixed seed (``CIFAR10_SPLIT_SEED``), the same for every run.
         seed: shuffling and augmentation seed.
-        num_workers: worker processes (0 decodes in the main process: 32x32 JPEGs cost far less
-            than a training step).
+        num_workers: worker processes of the ``'gluon'`` loader (0 decodes in the main process).
         num_parts, part_index: read only this part of the training split (a worker of a
             distributed job: ``kv.num_workers``, ``kv.rank``); validation and test are not sharded.
+        loader: ``'memory'`` (default: every record decoded once into a uint8 array, 150 MB for
+            CIFAR-10, and each training batch padded, cropped and flipped at once with numpy;
+            see :mod:`bmx.memory_data`) or ``'gluon'`` (decodes and augments image by image every
+            epoch). Both read the same images in the same order; their random crops and flips differ.
 
     Returns:
         :class:`DataBundle` (``test`` is None without test.rec).
     """
     _check_part(num_parts, part_index)
-    _require_dir(data_dir, "CIFAR-10 as train.rec and train.idx")
+    if loader not in CIFAR10_LOADERS:
+        raise ValueError(f"unknown CIFAR-10 loader {loader!r}; choose one of {CIFAR10_LOADERS}")
+    require_dir(data_dir, "CIFAR-10 as train.rec and train.idx")
     rec, idx = os.path.join(data_dir, "train.rec"), os.path.join(data_dir, "train.idx")
     if not (os.path.isfile(rec) and os.path.isfile(idx)):
         raise DataError(f"{data_dir}: expected train.rec and train.idx (CIFAR-10 RecordIO) in this directory")
@@ -532,24 +521,37 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_part
     if not 0 <= val_size < total:
         raise DataError(f"{rec}: cannot hold out {val_size} of its {total} images for validation")
     prep = Preprocessing(32, CIFAR10_MEAN, CIFAR10_STD, 0)
-    base = _RecordImages(rec, idx)
     val_idx = heldout_indices(total, val_size)
     train_idx = np.setdiff1d(np.arange(total), val_idx)
-    make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
-    train = _GluonSplit("train", base, train_idx, _pad_crop(32, 4), shuffle=True, description=rec, **make,
-                        num_parts=num_parts, part_index=part_index)
-    val = None
-    if val_size:
-        val = _GluonSplit("val", base, val_idx, _center(32, 0), shuffle=False,
-                          description=f"{rec} (hold-out of {val_size})", **make)
-    test = None
     test_rec, test_idx = os.path.join(data_dir, "test.rec"), os.path.join(data_dir, "test.idx")
     if os.path.exists(test_rec):
         check_recordio(test_rec, test_idx)
-        test = _GluonSplit("test", _RecordImages(test_rec, test_idx), None, _center(32, 0), shuffle=False,
-                           description=test_rec, **make)
+    make = dict(preprocessing=prep, batch_size=batch_size, seed=seed)
+    held = f"{rec} (hold-out of {val_size})"
+    if loader == "memory":
+        images, labels = memory_data.decode(RecordImages(rec, idx), rec)
+        split = functools.partial(_MemorySplit, images=images, labels=labels, **make)
+        train = split("train", indices=train_idx, shuffle=True, pad=4, description=rec, num_parts=num_parts,
+                      part_index=part_index)
+        val = split("val", indices=val_idx, shuffle=False, pad=0, description=held) if val_size else None
+        test = None
+        if os.path.exists(test_rec):
+            test_images, test_labels = memory_data.decode(RecordImages(test_rec, test_idx), test_rec)
+            test = _MemorySplit("test", test_images, test_labels, None, shuffle=False, pad=0, description=test_rec,
+                                **make)
+    else:
+        base = RecordImages(rec, idx)
+        make["num_workers"] = num_workers
+        train = _GluonSplit("train", base, train_idx, _pad_crop(32, 4), shuffle=True, description=rec, **make,
+                            num_parts=num_parts, part_index=part_index)
+        val = _GluonSplit("val", base, val_idx, _center(32, 0), shuffle=False, description=held,
+                          **make) if val_size else None
+        test = None
+        if os.path.exists(test_rec):
+            test = _GluonSplit("test", RecordImages(test_rec, test_idx), None, _center(32, 0), shuffle=False,
+                               description=test_rec, **make)
     info = dict(dataset="cifar10", class_names=list(CIFAR10_CLASSES), data_dir=os.path.abspath(data_dir),
-                layout="recordio", loader="gluon",
+                layout="recordio", loader=loader,
                 val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop", num_parts=num_parts,
                 part_index=part_index)
     return DataBundle(train, val, test, 10, prep, info)
@@ -562,14 +564,14 @@ def evaluation_split(path, preprocessing, batch_size, indices=None, num_workers=
     normalize). ``indices`` restricts a RecordIO file to those records.
     """
     if os.path.isdir(path):
-        base = _FolderImages(path)
+        base = FolderImages(path)
         if indices is not None:
             raise ValueError("indices apply to RecordIO files only")
     else:
         if not path.endswith(".rec"):
             raise DataError(f"{path}: expected a .rec file (with its .idx beside it) or an image-folder directory")
         check_recordio(path)
-        base = _RecordImages(path)
+        base = RecordImages(path)
     return _GluonSplit("val", base, indices, _center(preprocessing.image_size, preprocessing.resize), preprocessing,
                        batch_size, shuffle=False, seed=0, num_workers=num_workers, description=path)
 

@@ -1,7 +1,7 @@
 """Image datasets on disk without MXNet: RecordIO files, class folders, the CIFAR-10 hold-out.
 
 Numpy and OpenCV only, so that ``example/evaluate.py --packed`` scores a packed model where mxnet
-is not installed; :mod:`bmx.data` (the training pipelines) reads the same files with MXNet's
+is not installed; the training pipelines (:mod:`bmx.records`, :mod:`bmx.data`) read the same files with MXNet's
 readers and shares the index check and the hold-out from here.
 
 RecordIO (what ``im2rec`` and ``mx.recordio`` write): the ``.idx`` file has text lines

@@ -4,7 +4,7 @@ import os
 
 import mxnet as mx
 
-from . import _library
+from . import _library, packed
 from ._atomic import atomic_path
 
 __all__ = ["export", "imports", "ModelFileError"]
@@ -97,7 +97,10 @@ def required_operators(symbol_file):
 
 
 def imports(symbol_file, param_file=None, input_names=("data",), ctx=None):
-    """``SymbolBlock.imports`` that first checks that every bmx operator the model needs is loaded."""
+    """``SymbolBlock.imports`` that first checks that every bmx operator the model needs is loaded.
+
+    A file MXNet cannot load is a ModelFileError or PackedFormatError (both ValueErrors) naming it.
+    """
     missing = [op for op in required_operators(symbol_file) if not _library.is_registered(op)]
     if missing:
         raise ModelFileError(
@@ -107,4 +110,11 @@ def imports(symbol_file, param_file=None, input_names=("data",), ctx=None):
         raise ModelFileError(f"{param_file}: no such parameter file")
     if isinstance(input_names, str):
         input_names = (input_names,)
-    return mx.gluon.SymbolBlock.imports(symbol_file, list(input_names), param_file, ctx=ctx)
+    try:
+        return mx.gluon.SymbolBlock.imports(symbol_file, list(input_names), param_file, ctx=ctx)
+    except mx.MXNetError as err:
+        if param_file is not None:
+            packed.read_params(param_file)  # a PackedFormatError naming the file and what is wrong with it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{symbol_file}" + (f" / {param_file}" if param_file else "") +
+                             f": MXNet cannot load the model ({first})") from None

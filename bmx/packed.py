@@ -5,7 +5,8 @@ A packed model is a directory laid out like a ``example/train_imagenet.py`` outp
 
 * ``model-symbol.json``: the MXNet symbol JSON (standard MXNet ops and bmx ops);
 * ``model-0000.params``: an MXNet NDArray-list file with the keys ``arg:NAME`` / ``aux:NAME``;
-* ``model.json``: metadata (the source model's ``model.json`` keys plus ``"packed"``).
+* ``model.json``: metadata (the source model's ``model.json`` keys plus ``"packed"``, which holds
+  ``params_sha256``, the sha256 of the params file, checked on load).
 
 Binary weights are stored packed, as int64 arrays (see docs/packed.md).
 
@@ -21,11 +22,16 @@ NDArray-list file (what ``mx.nd.save`` writes for a dict of dense arrays), all l
         the raw C-order data
     uint64 number of names, then per name: uint64 length, UTF-8 bytes
 """
+import contextlib
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import struct
 import tempfile
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -33,12 +39,14 @@ import numpy as np
 from ._atomic import atomic_path
 
 __all__ = ["PackedFormatError", "PackedModel", "read_params", "write_params", "load_model", "save_model",
-           "FORMAT_VERSION", "SYMBOL_FILE", "PARAMS_FILE", "META_FILE"]
+           "check_replaceable", "recover", "scratch_directory", "check_preprocessing", "FORMAT_VERSION", "SYMBOL_FILE", "PARAMS_FILE",
+           "META_FILE"]
 
 FORMAT_VERSION = 1
 SYMBOL_FILE = "model-symbol.json"
 PARAMS_FILE = "model-0000.params"
 META_FILE = "model.json"
+MODEL_FILES = frozenset((SYMBOL_FILE, PARAMS_FILE, META_FILE))
 
 _LIST_MAGIC = 0x112
 _V2_MAGIC = 0xF993FAC9
@@ -95,13 +103,20 @@ def read_params(path):
     sparse storage, a missing name list or duplicate names. Sizes are checked against the file
     length before anything is allocated, so a corrupt header cannot ask for huge memory.
     """
+    return _parse_params(_read_bytes(path), path)
+
+
+def _read_bytes(path):
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise PackedFormatError(f"{path}: no such parameter file") from None
     except OSError as err:
         raise PackedFormatError(f"{path}: cannot read the parameter file ({err.strerror})") from None
+
+
+def _parse_params(data, path):
     r = _Reader(data, path)
     magic, _reserved = r.unpack("<QQ", "the header")
     if magic != _LIST_MAGIC:
@@ -240,28 +255,91 @@ def _check_graph(graph, path):
             raise PackedFormatError(f"{path}: node {i} is not an MXNet node (needs 'op', 'name' and 'inputs')")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_preprocessing(prep, path, meta=None):
+    """Validates model.json's ``preprocessing`` entry and returns it.
+
+    ``image_size`` a positive integer (and equal to the ``image_size`` the metadata's ``config`` or
+    top level gives the model, if any), ``resize`` 0 or at least ``image_size`` (the center crop
+    must fit), ``mean`` and ``std`` three finite numbers each, ``std`` positive. Raises
+    PackedFormatError naming ``path`` and the field.
+    """
+    def bad(field, message):
+        raise PackedFormatError(f"{path}: preprocessing.{field} {message}")
+
+    if not isinstance(prep, dict):
+        raise PackedFormatError(f"{path}: preprocessing must be a JSON object, got {type(prep).__name__}")
+    size = prep.get("image_size")
+    if not _is_int(size) or size < 1:
+        bad("image_size", f"must be a positive integer, got {size!r}")
+    resize = prep.get("resize", 0)
+    if not _is_int(resize) or resize < 0:
+        bad("resize", f"must be 0 (no resize) or a positive integer, got {resize!r}")
+    if 0 < resize < size:
+        bad("resize", f"is {resize}, smaller than image_size {size}: the center crop would not fit")
+    for field in ("mean", "std"):
+        values = prep.get(field)
+        if not isinstance(values, list) or len(values) != 3 or not all(map(_is_finite_number, values)):
+            bad(field, f"must be a list of 3 finite numbers (R, G, B on the 0..255 scale), got {values!r}")
+    if min(prep["std"]) <= 0:
+        bad("std", f"must be positive, got {prep['std']!r}")
+    for where, holder in (("config.image_size", (meta or {}).get("config")), ("image_size", meta)):
+        trained = holder.get("image_size") if isinstance(holder, dict) else None
+        if trained is not None and trained != size:
+            bad("image_size", f"is {size}, but {where} says the model takes {trained!r}")
+    return prep
+
+
+def _check_finite(params, path):
+    for name, a in params.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise PackedFormatError(f"{path}: array {name!r} holds {bad} non-finite value(s) (NaN or infinity); "
+                                    "a model with such weights gives meaningless outputs")
+
+
 def load_model(directory):
     """Reads a packed model directory (see the module docstring) and returns a :class:`PackedModel`.
 
     The symbol file is read as JSON (nothing in it is executed). Raises PackedFormatError naming
-    the file for a missing or malformed file, or a model written by a newer format version.
+    the file for a missing or malformed file, a model written by a newer format version, params
+    whose sha256 differs from model.json's ``packed.params_sha256``, non-finite float params or an
+    invalid ``preprocessing`` entry (see :func:`check_preprocessing`). A replace of the directory
+    that was interrupted is first finished or undone (see :func:`recover`).
     """
     directory = os.fspath(directory)
+    recover(directory)
     if not os.path.isdir(directory):
         raise PackedFormatError(f"{directory}: no such model directory")
     symbol_path = os.path.join(directory, SYMBOL_FILE)
     meta_path = os.path.join(directory, META_FILE)
+    params_path = os.path.join(directory, PARAMS_FILE)
     graph = _read_json(symbol_path, "symbol")
     _check_graph(graph, symbol_path)
     meta = _read_json(meta_path, "metadata")
     if not isinstance(meta, dict):
         raise PackedFormatError(f"{meta_path}: metadata must be a JSON object, got {type(meta).__name__}")
-    packed_info = meta.get("packed")
-    version = packed_info.get("format_version", FORMAT_VERSION) if isinstance(packed_info, dict) else FORMAT_VERSION
+    packed_info = meta.get("packed") if isinstance(meta.get("packed"), dict) else {}
+    version = packed_info.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise PackedFormatError(f"{meta_path}: packed format version {version!r} is newer than this bmx "
                                 f"reads ({FORMAT_VERSION}); upgrade bmx")
-    params = read_params(os.path.join(directory, PARAMS_FILE))
+    if "preprocessing" in meta:
+        check_preprocessing(meta["preprocessing"], meta_path, meta)
+    data = _read_bytes(params_path)
+    expected = packed_info.get("params_sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise PackedFormatError(f"{params_path}: the file's sha256 is not the packed.params_sha256 recorded in "
+                                f"{META_FILE}: it was damaged or changed after packing")
+    params = _parse_params(data, params_path)
+    _check_finite(params, params_path)
     return PackedModel(graph, params, meta, directory)
 
 
@@ -276,28 +354,169 @@ def _check_params(params, graph, path):
             raise PackedFormatError(f"{path}: parameter {key!r} is not a variable of the graph")
 
 
+def _holds_only_model_files(path, exactly=False):
+    """Whether ``path`` is a real directory whose entries are regular files named like a packed model's."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    names = set(os.listdir(path))
+    if not (names == MODEL_FILES if exactly else names <= MODEL_FILES):
+        return False
+    return all(os.path.isfile(os.path.join(path, n)) and not os.path.islink(os.path.join(path, n)) for n in names)
+
+
+def check_replaceable(directory):
+    """Raises FileExistsError unless ``save_model(directory, ..., force=True)`` may replace it.
+
+    Only a packed model is replaced: a directory holding nothing but model-symbol.json,
+    model-0000.params and model.json (which, if readable, has a ``packed`` entry), possibly none
+    of them; never a file, a symbolic link, or the current directory or one of its parents.
+    """
+    out = os.path.abspath(os.fspath(directory))
+    if not os.path.lexists(out):
+        return
+    if os.path.islink(out) or not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a directory; it is not replaced")
+    real, cwd = os.path.realpath(out), os.path.realpath(os.getcwd())
+    if os.path.commonpath([real, cwd]) == real:
+        raise FileExistsError(f"{out} is the current directory or one of its parents; it is never replaced")
+    if not os.listdir(out):
+        return
+    what = (f"{out} is not a packed model directory; only one holding nothing but "
+            f"{', '.join(sorted(MODEL_FILES))} is replaced")
+    if not _holds_only_model_files(out):
+        others = sorted(set(os.listdir(out)) - MODEL_FILES)
+        raise FileExistsError(what + (f" (it also holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                                      if others else ""))
+    try:
+        with open(os.path.join(out, META_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return  # a damaged or partly deleted packed model
+    if not isinstance(meta, dict) or not isinstance(meta.get("packed"), dict):
+        raise FileExistsError(what + f" (its {META_FILE} has no 'packed' entry: an exported model, not a packed one)")
+
+
+def _leftovers(out):
+    """Hidden siblings ``.BASE.XXXXXXXX.{tmp,old,work}`` that save_model or scratch_directory made for ``out``."""
+    parent, base = os.path.split(out)
+    pattern = re.compile(rf"\.{re.escape(base)}\.[a-z0-9_]{{8}}\.(tmp|old|work)\Z")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    found = [os.path.join(parent, n) for n in names if pattern.match(n)]
+    # the newest aside copy first: it is the one a replace put there last
+    return sorted((p for p in found if os.path.isdir(p) and not os.path.islink(p)),
+                  key=lambda p: (not p.endswith(".old"), -os.path.getmtime(p)))
+
+
+def _is_abandoned_work(path):
+    """A scratch directory whose owner died: it has the marker and nobody holds its lock."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(path, _WORK_MARKER), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def recover(directory):
+    """Finishes or undoes an interrupted :func:`save_model` of ``directory``; returns what it did.
+
+    A replace renames the old model aside (``.BASE.XXXXXXXX.old``) before renaming the new one in,
+    and writes into ``.BASE.XXXXXXXX.tmp`` first. A kill between the renames leaves no model: the
+    aside copy is renamed back. Copies aside next to a model, unfinished ``.tmp`` writes and
+    abandoned scratch directories (``.work``, see :func:`scratch_directory`) are deleted. Only
+    directories holding nothing but packed-model files (or a scratch marker) are touched. Each
+    action is also issued as a warning.
+    """
+    out = os.path.abspath(os.fspath(directory))
+    done = []
+    for path in _leftovers(out):
+        try:
+            if path.endswith(".work"):
+                if _is_abandoned_work(path):
+                    shutil.rmtree(path)
+                    done.append(f"{out}: removed {path}, the scratch directory of an interrupted conversion")
+            elif path.endswith(".old") and not os.path.lexists(out) and _holds_only_model_files(path, exactly=True):
+                os.rename(path, out)
+                done.append(f"{out}: restored the previous model from {path}, where an interrupted replace left it")
+            elif _holds_only_model_files(path):
+                shutil.rmtree(path)
+                done.append(f"{out}: removed {path}, left behind by an interrupted write or replace")
+        except OSError as err:
+            done.append(f"{out}: could not clean up {path} ({err.strerror})")
+    for message in done:
+        warnings.warn(message, stacklevel=2)
+    return done
+
+
+_WORK_MARKER = ".bmx-scratch"
+
+
+@contextlib.contextmanager
+def scratch_directory(directory):
+    """A scratch directory ``.BASE.XXXXXXXX.work`` beside ``directory``, deleted on exit.
+
+    It is locked while in use; if the process is killed, the next :func:`recover` of
+    ``directory`` (every save_model and load_model runs one) deletes it.
+    """
+    import fcntl
+
+    out = os.path.abspath(os.fspath(directory))
+    parent, base = os.path.split(out)
+    path = tempfile.mkdtemp(prefix=f".{base}.", suffix=".work", dir=parent)
+    try:
+        fd = os.open(os.path.join(path, _WORK_MARKER), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield path
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def save_model(directory, graph, params, meta, force=False):
     """Writes a packed model directory atomically and returns its absolute path.
 
     ``graph``: the symbol JSON as a dict; ``params``: dict ``"arg:NAME"`` / ``"aux:NAME"`` ->
-    numpy array (every NAME a variable of the graph); ``meta``: a JSON-serializable dict for
-    model.json. Everything is validated first, then written into a temporary sibling directory that
-    is renamed into place, so an interrupted write never leaves a partial model under ``directory``.
-    An existing ``directory`` is an error (FileExistsError, left untouched) unless ``force``: then
-    it is renamed away, the new one renamed in, and the old one deleted (restored if the swap fails).
+    finite numpy array (every NAME a variable of the graph); ``meta``: a JSON-serializable dict for
+    model.json (its ``preprocessing``, if any, valid: :func:`check_preprocessing`), written with
+    ``packed.params_sha256`` (the params file's sha256) added. Everything
+    is validated first, then written into a temporary sibling directory that is renamed into
+    place, so an interrupted write never leaves a partial model under ``directory``. An existing
+    ``directory`` is an error (FileExistsError, left untouched) unless ``force`` and
+    :func:`check_replaceable` allows it: then it is renamed aside, the new one renamed in, and the
+    old one deleted (restored if the swap fails, or by the next save_model or load_model if the
+    process is killed in between: see :func:`recover`).
     """
     out = os.path.abspath(os.fspath(directory))
+    params_path, meta_path = os.path.join(out, PARAMS_FILE), os.path.join(out, META_FILE)
     _check_graph(graph, os.path.join(out, SYMBOL_FILE))
-    _check_params(params, graph, os.path.join(out, PARAMS_FILE))
-    records = _param_records(os.path.join(out, PARAMS_FILE), params)
+    _check_params(params, graph, params_path)
+    records = _param_records(params_path, params)
+    _check_finite({name: a for name, a, _ in records}, params_path)
     if not isinstance(meta, dict):
-        raise TypeError(f"{os.path.join(out, META_FILE)}: meta must be a dict, got {type(meta).__name__}")
-    texts = {SYMBOL_FILE: json.dumps(graph, indent=2), META_FILE: json.dumps(meta, indent=2)}  # fail before writing
+        raise TypeError(f"{meta_path}: meta must be a dict, got {type(meta).__name__}")
+    if not isinstance(meta.get("packed", {}), dict):
+        raise TypeError(f"{meta_path}: meta['packed'] must be a dict, got {type(meta['packed']).__name__}")
+    if "preprocessing" in meta:  # a model that load_model would refuse is not written
+        check_preprocessing(meta["preprocessing"], meta_path, meta)
+    texts = {SYMBOL_FILE: json.dumps(graph, indent=2)}
+    json.dumps(meta)  # fail before writing
+    recover(out)
     if os.path.lexists(out):
         if not force:
             raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it")
-        if not os.path.isdir(out) or os.path.islink(out):
-            raise FileExistsError(f"{out} exists and is not a directory; it is not replaced")
+        check_replaceable(out)
     parent, base = os.path.split(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
@@ -306,10 +525,14 @@ def save_model(directory, graph, params, meta, force=False):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
+        _write_records(os.path.join(tmp, PARAMS_FILE), records)
+        with open(os.path.join(tmp, PARAMS_FILE), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        info = dict(meta.get("packed", {"format_version": FORMAT_VERSION}), params_sha256=digest)
+        texts[META_FILE] = json.dumps(dict(meta, packed=info), indent=2)
         for name, text in texts.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(text)
-        _write_records(os.path.join(tmp, PARAMS_FILE), records)
         if os.path.lexists(out):
             _swap_in(tmp, out, parent, base)
         else:

@@ -5,7 +5,8 @@ epochs, batch size, weight decay); :class:`Run` trains a Gluon net on a
 :class:`bmx.data.DataBundle` with it and keeps its output directory up to date:
 
 * ``checkpoint-EEEE.params`` / ``checkpoint-EEEE.states``: parameters and trainer states (optimizer
-  moments, update counts and the learning-rate scheduler) after epoch EEEE; only the newest is kept.
+  moments, update counts and the learning-rate scheduler, kept without pickle: bmx.optimizer_state)
+  after epoch EEEE; only the newest is kept.
 * ``state.json``: which checkpoint is current, completed epochs, best validation top-1, seeds,
   the run's configuration and every epoch's metrics. It is written after the files it points to,
   and every file is written to a temporary name and renamed, so an interrupted run always leaves
@@ -50,16 +51,17 @@ import time
 import matplotlib
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
+from mxnet import gluon
 from mxnet.gluon import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import models, optimizers  # noqa: F401  (optimizers registers 'radam')
+from . import distillation, models, optimizer_state, optimizers, precision  # noqa: F401  (optimizers registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
 from .data import synthetic_batch
 from .model_io import export
+from .steps import Scores, Step, evaluate
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -75,7 +77,7 @@ LR_MODES = ("cosine", "step")
 INITIALIZATIONS = ("he", "xavier")
 DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-                  "images_per_s", "time_s")
+                  "images_per_s", "time_s", "teacher_s")
 STATE_FILE = "state.json"
 
 
@@ -108,8 +110,10 @@ class Recipe:
         beta1: first-moment decay of Adam/RAdam; None takes 0.95 for RAdam (the published recipe)
             and 0.9 for Adam.
         momentum: SGD momentum.
-        dtype: ``'float32'`` or ``'float16'`` (GPU only: the net is cast, the optimizer keeps float32
-            master weights with ``multi_precision``, and the exported model is cast back to float32).
+        dtype: ``'float32'``, ``'bfloat16'`` (CPU with AVX-512 BF16: convolutions and dense layers in
+            bfloat16, float32 master weights, optimizer state and BatchNorm statistics) or
+            ``'float16'`` (GPU only: the net is cast, the optimizer keeps float32 master weights with
+            ``multi_precision``); the exported model is float32 either way. See :mod:`bmx.precision`.
         seed: seed of initialization, data order and augmentation.
     """
     optimizer: str = "radam"
@@ -132,8 +136,8 @@ class Recipe:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.lr_mode not in LR_MODES:
             raise ValueError(f"unknown lr mode {self.lr_mode!r}; choose one of {LR_MODES}")
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        if self.dtype not in precision.DTYPES:
+            raise ValueError(f"dtype must be one of {precision.DTYPES}, got {self.dtype!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch size must be positive, got {self.epochs} and {self.batch_size}")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -291,64 +295,6 @@ def _seed_everything(seed):
     mx.random.seed(seed)
 
 
-class _Step:
-    """Forward, backward and update of one batch, split over the devices.
-
-    ``workers``: how many workers' batches the gradient sum covers (the synchronous kvstores sum
-    over all workers; the trainer divides by the global batch).
-    """
-
-    def __init__(self, net, trainer, ctx, dtype, workers=1):
-        self.net, self.trainer, self.ctx, self.dtype = net, trainer, ctx, dtype
-        self.workers = workers
-        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-
-    def __call__(self, data, label):
-        xs = gluon.utils.split_and_load(data, self.ctx, even_split=False)
-        ys = gluon.utils.split_and_load(label, self.ctx, even_split=False)
-        with autograd.record():
-            outputs = [self.net(x.astype(self.dtype, copy=False)).astype("float32", copy=False) for x in xs]
-            losses = [self.loss_fn(out, y) for out, y in zip(outputs, ys)]
-        autograd.backward(losses)
-        self.trainer.step(data.shape[0] * self.workers)
-        return ys, outputs, losses
-
-
-class _Scores:
-    """Running loss, top-1 and top-k (k = 5, or the number of classes if fewer)."""
-
-    def __init__(self, classes):
-        self.loss = mx.metric.Loss()
-        self.top1 = mx.metric.Accuracy()
-        k = min(5, classes)
-        self.topk = mx.metric.TopKAccuracy(top_k=k) if k > 1 else None
-
-    def update(self, labels, outputs, losses):
-        self.loss.update(None, losses)
-        self.top1.update(labels, outputs)
-        if self.topk is not None:
-            self.topk.update(labels, outputs)
-
-    def get(self):
-        top1 = self.top1.get()[1]
-        return {"loss": self.loss.get()[1], "top1": top1, "top5": self.topk.get()[1] if self.topk else top1,
-                "images": self.top1.num_inst}
-
-
-def evaluate(net, split, classes, ctx=None, dtype="float32", progress=False):
-    """Loss, top-1 and top-5 of ``net`` on a :class:`bmx.data.Split`; returns a dict (also ``images``)."""
-    ctx = ctx or [mx.cpu()]
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    scores = _Scores(classes)
-    for data, label in tqdm(split.batches(0), total=len(split), desc=f"eval {split.name}", leave=False,
-                            disable=not progress, unit="batch"):
-        xs = gluon.utils.split_and_load(data, ctx, even_split=False)
-        ys = gluon.utils.split_and_load(label, ctx, even_split=False)
-        outputs = [net(x.astype(dtype, copy=False)).astype("float32", copy=False) for x in xs]
-        scores.update(ys, outputs, [loss_fn(o, y) for o, y in zip(outputs, ys)])
-    return scores.get()
-
-
 def _synchronous(kind):
     return kind.startswith("dist") and "async" not in kind
 
@@ -378,18 +324,25 @@ def _make_trainer(net, recipe, steps_per_epoch, kvstore):
                          kvstore=kvstore, update_on_kvstore=True), 1
 
 
+def _teacher(settings, data, dtype, ctx):
+    """The teacher and loss of a :class:`bmx.distillation.Distillation` (None, None without one)."""
+    if settings is None:
+        return None, None
+    teacher = distillation.load_teacher(settings.teacher, data.classes, data.preprocessing, settings.params, ctx)
+    teacher.net = precision.training_block(teacher.net, dtype)
+    return teacher, distillation.DistillationLoss(settings.temperature, settings.weight)
+
+
 def _prepare(net, recipe, ctx, init):
-    """Initializes (seeded), excludes BN from weight decay, casts and hybridizes ``net``."""
-    if recipe.dtype == "float16" and any(c.device_type == "cpu" for c in ctx):
-        raise ValueError("float16 training needs GPU contexts (--ctx gpu:...): MXNet 1.9 implements float16 "
-                         "convolution and fully-connected layers only with CUDA ('FP16 gemm on cpu not implemented')")
+    """Initializes (seeded), excludes BN from weight decay and hybridizes ``net``; returns the names
+    without weight decay and the block that runs the forward pass in ``recipe.dtype``
+    (:func:`bmx.precision.training_block`)."""
+    precision.check(recipe.dtype, ctx)
     _seed_everything(_derived_seed(recipe.seed, 0))
     net.initialize(initializer(init), ctx=ctx)
     no_wd = no_weight_decay(net)
-    if recipe.dtype == "float16":
-        net.cast("float16")
     net.hybridize(static_alloc=True, static_shape=True)
-    return no_wd
+    return no_wd, precision.training_block(net, recipe.dtype)
 
 
 def benchmark(net, recipe, image_size, classes, iters=20, warmup=2, ctx=None, kvstore="local", init="he",
@@ -404,12 +357,12 @@ def benchmark(net, recipe, image_size, classes, iters=20, warmup=2, ctx=None, kv
     """
     ctx = ctx or [mx.cpu()]
     kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
-    _prepare(net, recipe, ctx, init)
+    _, forward = _prepare(net, recipe, ctx, init)
     total = recipe.batch_size * len(ctx)
     workers = _topology(kvstore)[2]
     # The schedule's length does not change the cost of a step.
     trainer, scale = _make_trainer(net, recipe, iters + warmup, kvstore)
-    step = _Step(net, trainer, ctx, recipe.dtype, scale)
+    step = Step(forward, trainer, ctx, precision.input_dtype(recipe.dtype), scale)
     data, label = synthetic_batch(total, image_size, classes, recipe.seed)
     for _ in range(warmup):
         step(data, label)
@@ -443,13 +396,19 @@ class Run:
             holds a run is refused rather than overwritten.
         init: ``'he'`` or ``'xavier'`` (:func:`initializer`).
         progress: show tqdm progress bars (rank 0 only).
+        distillation: a :class:`bmx.distillation.Distillation` to learn from a teacher too (the
+            loss becomes :class:`bmx.distillation.DistillationLoss`; the teacher runs in
+            ``recipe.dtype``). Part of the config, so a resume needs the same teacher.
 
     Attributes:
         rank, num_workers: this worker and the size of a distributed job (0 and 1 otherwise).
+        forward: the block that computes ``net``'s forward pass in ``recipe.dtype``
+            (:func:`bmx.precision.training_block`; ``net`` itself in float32). Checkpoints and
+            export always use ``net``, whose parameters are float32.
     """
 
     def __init__(self, net, data, recipe, output_dir, config=None, ctx=None, kvstore="local", resume=False,
-                 init="he", progress=True):
+                 init="he", progress=True, distillation=None):
         self.net, self.data, self.recipe = net, data, recipe
         self.out = output_dir
         self.kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
@@ -460,6 +419,8 @@ class Run:
             raise ValueError(f"the training data is read as {parts} part(s) but the job has {self.num_workers} "
                              f"worker(s); read it with num_parts=kv.num_workers, part_index=kv.rank")
         self.config = dict(config or {}, recipe=dataclasses.asdict(recipe), init=init)
+        if distillation is not None:
+            self.config["distillation"] = dataclasses.asdict(distillation)
         if kind.startswith("dist"):
             # Another number of workers changes the global batch and the data order: not a resume.
             self.config["workers"] = self.num_workers
@@ -471,9 +432,11 @@ class Run:
         if not resume and os.path.exists(self.state_path):
             raise ResumeError(f"{output_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) to "
                               "continue it, or choose another output directory")
-        no_wd = _prepare(net, recipe, self.ctx, init)
+        no_wd, self.forward = _prepare(net, recipe, self.ctx, init)
         self.trainer, scale = _make_trainer(net, recipe, len(data.train), self.kvstore)
-        self.step = _Step(net, self.trainer, self.ctx, recipe.dtype, scale)
+        teacher, loss_fn = _teacher(distillation, data, recipe.dtype, self.ctx)
+        self.step = Step(self.forward, self.trainer, self.ctx, precision.input_dtype(recipe.dtype), scale,
+                         teacher=teacher, loss_fn=loss_fn)
         self._handler = None
         if self.writer:
             os.makedirs(output_dir, exist_ok=True)
@@ -522,7 +485,7 @@ class Run:
                 updates = self.epoch * len(self.data.train) * self.num_workers
                 self.trainer.optimizer.begin_num_update = self.trainer.optimizer.num_update = updates
             else:
-                self.trainer.load_states(os.path.join(self.out, saved["states"]))
+                optimizer_state.load_states(self.trainer, os.path.join(self.out, saved["states"]))
         if self.writer:
             log.info("resumed %s after epoch %d of %d", self.out, self.epoch, self.recipe.epochs)
 
@@ -549,7 +512,7 @@ class Run:
             self.net.save_parameters(tmp)
         if not self.asynchronous:
             with atomic_path(states) as tmp:
-                self.trainer.save_states(tmp)
+                optimizer_state.save_states(self.trainer, tmp)
         if improved:
             with atomic_path(os.path.join(self.out, "best.params")) as tmp:
                 self.net.save_parameters(tmp)
@@ -579,25 +542,30 @@ class Run:
         epoch = self.epoch
         _seed_everything(_derived_seed(self.recipe.seed, 1, epoch))
         split = self.data.train
-        scores = _Scores(self.data.classes)
-        start = time.perf_counter()
+        scores = Scores(self.data.classes)
+        start, teacher_before = time.perf_counter(), self.step.teacher_seconds
         bar = tqdm(split.batches(epoch), total=len(split), desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
                    unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
         for data, label in bar:
             scores.update(*self.step(data, label))
             if bar.n % 10 == 0:
                 current = scores.get()
-                bar.set_postfix(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")
+                shown = dict(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")
+                if self.step.teacher is not None:
+                    shown["teacher"] = f"{(self.step.teacher_seconds - teacher_before) / (time.perf_counter() - start):.0%}"
+                bar.set_postfix(shown)
         train_time = time.perf_counter() - start
+        teacher_time = self.step.teacher_seconds - teacher_before
         train = scores.get()
         # The other workers wait for rank 0 at their next step (synchronous kinds) or exit.
-        val = evaluate(self.net, self.data.val, self.data.classes, self.ctx, self.recipe.dtype,
-                       self.progress) if self.data.val and self.writer else {}
+        val = evaluate(self.forward, self.data.val, self.data.classes, self.ctx,
+                       precision.input_dtype(self.recipe.dtype), self.progress) if self.data.val and self.writer else {}
         self.epoch = epoch + 1
         row = dict(epoch=self.epoch, lr=self._learning_rate(), train_loss=train["loss"],
                    train_top1=train["top1"], train_top5=train["top5"], val_loss=val.get("loss"),
                    val_top1=val.get("top1"), val_top5=val.get("top5"),
-                   images_per_s=train["images"] * self.num_workers / train_time, time_s=time.perf_counter() - start)
+                   images_per_s=train["images"] * self.num_workers / train_time, time_s=time.perf_counter() - start,
+                   teacher_s=teacher_time if self.step.teacher is not None else None)
         self.history.append(row)
         if not self.writer:
             return
@@ -606,10 +574,11 @@ class Run:
             self.best = dict(epoch=self.epoch, top1=val["top1"], top5=val["top5"])
         self._checkpoint(improved)
         self._write_metrics()
-        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.4f top-5 %.4f  val %s  %.1f img/s  %.0f s",
+        log.info("epoch %d/%d  lr %.3g  train loss %.4f top-1 %.4f top-5 %.4f  val %s  %.1f img/s  %.0f s%s",
                  self.epoch, self.recipe.epochs, row["lr"], row["train_loss"], row["train_top1"], row["train_top5"],
                  f"loss {val['loss']:.4f} top-1 {val['top1']:.4f} top-5 {val['top5']:.4f}" if val else "-",
-                 row["images_per_s"], row["time_s"])
+                 row["images_per_s"], row["time_s"],
+                 f" (teacher {teacher_time:.0f} s)" if self.step.teacher is not None else "")
 
     def _learning_rate(self):
         if self.asynchronous:
@@ -622,8 +591,9 @@ class Run:
             writer = csv.DictWriter(f, METRIC_COLUMNS)
             writer.writeheader()
             for row in self.history:
-                writer.writerow({k: "" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
-                                                               else row[k]) for k in METRIC_COLUMNS})
+                # .get: runs started before a column existed resume with it empty.
+                writer.writerow({k: "" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float)
+                                                                   else row[k]) for k in METRIC_COLUMNS})
         _plot_curves(self.history, os.path.join(self.out, "curves.png"))
 
     def _finish(self):
@@ -631,8 +601,8 @@ class Run:
             return dict(epoch=self.epoch, best=None, history=self.history, finished=True)
         extra = {}
         if self.data.test is not None:
-            extra["test"] = evaluate(self.net, self.data.test, self.data.classes, self.ctx, self.recipe.dtype,
-                                     self.progress)
+            extra["test"] = evaluate(self.forward, self.data.test, self.data.classes, self.ctx,
+                                     precision.input_dtype(self.recipe.dtype), self.progress)
             log.info("test: top-1 %.4f top-5 %.4f (%d images)", extra["test"]["top1"], extra["test"]["top5"],
                      extra["test"]["images"])
         if self.recipe.dtype == "float16":

@@ -20,10 +20,12 @@ import sys
 import numpy as np
 
 from bmx import datafiles, images
+from bmx import packed as bpacked
 
 
 def load_model_dir(model_dir, ctx):
-    """(net, metadata) of a train_imagenet.py output directory."""
+    """(net, metadata) of a train_imagenet.py output directory; its model.json's preprocessing and
+    classes are validated, and its parameters must be finite."""
     import bmx
 
     meta_path = os.path.join(model_dir, "model.json")
@@ -36,19 +38,32 @@ def load_model_dir(model_dir, ctx):
                                  "model.json)") from None
     except ValueError as err:
         raise bmx.ModelFileError(f"{meta_path}: not valid JSON ({err})") from None
-    net = bmx.imports(os.path.join(model_dir, "model-symbol.json"), os.path.join(model_dir, "model-0000.params"),
-                      ctx=ctx)
+    check_meta(meta, meta_path)
+    params_path = os.path.join(model_dir, "model-0000.params")
+    net = bmx.imports(os.path.join(model_dir, "model-symbol.json"), params_path, ctx=ctx)
+    for name, param in net.collect_params().items():
+        if not np.isfinite(param.data(ctx[0]).asnumpy()).all():
+            raise bmx.ModelFileError(f"{params_path}: parameter {name} holds non-finite values (NaN or infinity)")
     net.hybridize(static_alloc=True)
     return net, meta
+
+
+def check_meta(meta, meta_path):
+    """The model.json fields evaluation relies on: preprocessing and a positive class count."""
+    if not isinstance(meta, dict) or "preprocessing" not in meta:
+        raise bpacked.PackedFormatError(f"{meta_path}: no 'preprocessing' entry (expected the model.json of "
+                                        "example/train_imagenet.py)")
+    bpacked.check_preprocessing(meta["preprocessing"], meta_path, meta)
+    classes = meta.get("classes")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise bpacked.PackedFormatError(f"{meta_path}: classes must be a positive integer, got {classes!r}")
 
 
 def load_packed(model_dir, threads=None):
     from bmx import runtime
 
     model = runtime.load(model_dir, threads=threads)
-    if "preprocessing" not in model.meta or "classes" not in model.meta:
-        raise ValueError(f"{model_dir}/model.json lacks the preprocessing and classes of the model it was "
-                         "packed from (pack the output directory of example/train_imagenet.py)")
+    check_meta(model.meta, os.path.join(model_dir, "model.json"))
     return model, model.meta
 
 
@@ -117,7 +132,8 @@ def evaluate_model_dir(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-dir", help="output directory of train_imagenet.py")
     which.add_argument("--packed", metavar="DIR", help="a packed model directory (tools/binarize_model.py --output)")
@@ -129,6 +145,10 @@ def main(argv=None):
     p.add_argument("--num-workers", type=int, default=0, help="--model-dir: decoding processes (0: in this process)")
     p.add_argument("--threads", type=int, help="--packed: threads of the binary kernels (default: all cores)")
     args = p.parse_args(argv)
+    for name, low in (("batch_size", 1), ("num_workers", 0), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     try:
         if args.packed:
             model, meta = load_packed(args.packed, args.threads)

@@ -17,8 +17,9 @@ command of every published result.
 at the end, the exported model (model-symbol.json, model-0000.params, model.json) that
 example/evaluate.py and tools/binarize_model.py read. --resume (with otherwise the same command)
 continues after the last completed epoch with the same schedule, optimizer state and data order;
-with the Gluon readers (image folders, CIFAR-10, --loader gluon) the result is bit-identical to an
-uninterrupted run.
+with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) the result is
+bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
+time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
 device (summed on the GPUs; faster with several GPUs); with one device neither is used.
@@ -37,6 +38,12 @@ of workers changes; an epoch has workers times fewer steps). With dist_async eac
 gradient (averaged over its own devices x batch size) is applied by the servers as it arrives.
 Only worker 0 validates and writes --output-dir; --resume needs that directory on a filesystem
 every machine sees, and the same number of workers.
+
+Distillation: --teacher DIR (a model this script exported, e.g. the full-precision twin trained
+first) or --teacher gluoncv:NAME --teacher-params FILE adds the KL divergence to the teacher's
+softened outputs on the same augmented batch to the loss (--distill-temperature,
+--distill-weight); the teacher runs in inference mode in --dtype, and its share of the time shows in
+the progress bar, the log and metrics.csv (teacher_s).
 """
 import argparse
 import json
@@ -46,7 +53,7 @@ import sys
 
 import bmx
 from bmx import data as bdata
-from bmx import training
+from bmx import distillation, precision, training
 
 # Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
 # CPU, where training runs at 1-3 images/s.
@@ -89,9 +96,11 @@ def build_parser():
                    help="imagenet training augmentation: resized-crop (area 8-100%%, aspect 3/4-4/3, flip; "
                    "later recipe) or crop (resize 256, random 224 crop, flip; paper recipe). "
                    "CIFAR-10 always uses pad 4 + random crop + flip.")
-    g.add_argument("--loader", choices=bdata.LOADERS, default="record-iter",
-                   help="imagenet RecordIO reader: record-iter (mx.io.ImageRecordIter, fast) or gluon "
-                   "(bit-reproducible resume, names corrupt records). Image folders and CIFAR-10 use gluon.")
+    g.add_argument("--loader", choices=sorted(set(bdata.LOADERS + bdata.CIFAR10_LOADERS)),
+                   help="imagenet RecordIO reader: record-iter (default; mx.io.ImageRecordIter, fast) or gluon "
+                   "(bit-reproducible resume, names corrupt records); image folders always use gluon. cifar10: "
+                   "memory (default; records decoded once into memory, batches augmented with numpy) or gluon "
+                   "(decodes and augments image by image every epoch)")
     g.add_argument("--classes", type=int, help="classes of an imagenet RecordIO set (default 1000; image "
                    "folders count their sub-folders, CIFAR-10 has 10)")
     g.add_argument("--val-size", type=int, default=5000,
@@ -132,9 +141,22 @@ def build_parser():
     g.add_argument("--wd", type=float, default=0.0, help="weight decay (never on BatchNorm or binary weights)")
     g.add_argument("--beta1", type=float, help="Adam/RAdam beta1 (default 0.95 radam, 0.9 adam)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="float16 (GPU only) casts the net and keeps float32 master weights in the optimizer")
+    g.add_argument("--dtype", choices=precision.DTYPES, default="float32",
+                   help="bfloat16 (CPU with AVX-512 BF16): convolutions and dense layers in bfloat16, float32 "
+                   "weights, optimizer state and BatchNorm statistics; float16 (GPU only) casts the net and keeps "
+                   "float32 master weights in the optimizer. The exported model is float32.")
     g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", help="learn from a teacher's softened outputs too: a model directory exported by "
+                   "this script (e.g. the full-precision twin), or gluoncv:NAME (a gluoncv model-zoo network, "
+                   "with --teacher-params)")
+    g.add_argument("--teacher-params", help="parameter file of a gluoncv:NAME teacher (nothing is downloaded)")
+    g.add_argument("--distill-temperature", type=float, default=distillation.DEFAULT_TEMPERATURE,
+                   help=f"softmax temperature T of teacher and student (default {distillation.DEFAULT_TEMPERATURE})")
+    g.add_argument("--distill-weight", type=float, default=distillation.DEFAULT_WEIGHT,
+                   help="weight w of the KL term: loss = (1 - w) CE + w T^2 KL "
+                   f"(default {distillation.DEFAULT_WEIGHT})")
 
     g = p.add_argument_group("run")
     g.add_argument("--ctx", default="cpu", help="cpu, or gpu:0,1,... (the batch is split over the GPUs)")
@@ -188,11 +210,25 @@ def load_data(args, batch_size, num_parts=1, part_index=0):
         if args.image_size not in (None, 32):
             raise bdata.DataError("CIFAR-10 images are 32x32; drop --image-size")
         return bdata.cifar10(args.data_dir, batch_size, val_size=args.val_size, seed=args.seed,
-                             num_workers=args.num_workers or 0, **part)
+                             num_workers=args.num_workers or 0, loader=args.loader or "memory", **part)
     workers = args.num_workers if args.num_workers is not None else min(8, os.cpu_count() or 1)
     return bdata.imagenet(args.data_dir, batch_size, image_size=args.image_size or 224, augment=args.augment,
-                          loader=args.loader, classes=args.classes or 1000, seed=args.seed, num_workers=workers,
-                          **part)
+                          loader=args.loader or "record-iter", classes=args.classes or 1000, seed=args.seed,
+                          num_workers=workers, **part)
+
+
+def distillation_settings(args, parser):
+    """The run's :class:`bmx.distillation.Distillation`, or None without --teacher."""
+    if args.teacher is None:
+        for flag in ("teacher_params", "distill_temperature", "distill_weight"):
+            if getattr(args, flag) != parser.get_default(flag):
+                raise ValueError(f"--{flag.replace('_', '-')} needs --teacher")
+        return None
+    teacher = args.teacher
+    if not teacher.startswith(distillation.GLUONCV_PREFIX):
+        teacher = os.path.abspath(teacher)  # the config compares it on --resume, from any working directory
+    params = os.path.abspath(args.teacher_params) if args.teacher_params else None
+    return distillation.Distillation(teacher, params, args.distill_temperature, args.distill_weight)
 
 
 def main(argv=None):
@@ -215,6 +251,8 @@ def main(argv=None):
                                  lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
                                  dtype=args.dtype, seed=args.seed)
+        precision.check(recipe.dtype, ctx)  # before the data is read
+        distill = distillation_settings(args, parser)
         data = None if benchmark else load_data(args, batch, workers, rank)
         classes = data.classes if data else (args.classes or (10 if args.dataset == "cifar10" else 1000))
         kwargs = model_kwargs(args)
@@ -232,7 +270,8 @@ def main(argv=None):
                   devices=len(ctx), kv_store=args.kv_store)
     try:
         run = training.Run(net, data, recipe, args.output_dir, config=config, ctx=ctx, kvstore=kv,
-                           resume=args.resume, init=args.initialization, progress=args.progress)
+                           resume=args.resume, init=args.initialization, progress=args.progress,
+                           distillation=distill)
     except ValueError as err:  # ResumeError, or settings the run cannot use
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -3,8 +3,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import mxnet as mx
 import numpy as np
@@ -131,14 +133,79 @@ def test_gluon_parameter_file(tmp_path):
 def test_force(run_dir, tmp_path, capsys):
     directory, _ = run_dir
     out = tmp_path / "packed"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    code, _, _ = call_main(capsys, directory, "--output", out)
+    assert code == 0
+    first = digest(out)
     code, _, err = call_main(capsys, directory, "--output", out)
     assert code == 2 and err == f"binarize_model.py: error: output {out} exists (pass --force to replace it)\n"
-    assert os.listdir(out) == ["old.txt"]
-    code, stdout, _ = call_main(capsys, directory, "--output", out, "--force")
+    assert digest(out) == first
+    code, stdout, _ = call_main(capsys, directory, "--output", out, "--force", "--verify")
     assert code == 0 and "packed / theoretical" in stdout
     assert sorted(os.listdir(out)) == ["model-0000.params", "model-symbol.json", "model.json"]
+    assert "verified" in packed.load_model(str(out)).meta["packed"] and digest(out) != first
+    assert sorted(os.listdir(tmp_path)) == ["packed", "run"]
+
+
+def test_force_replaces_nothing_but_a_packed_model(run_dir, tmp_path, capsys, monkeypatch):
+    directory, _ = run_dir
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "old.txt").write_text("old")
+    code, _, err = call_main(capsys, directory, "--output", mine, "--force")
+    assert code == 2 and f"{mine} is not a packed model directory" in err and "also holds old.txt" in err
+    assert os.listdir(mine) == ["old.txt"]
+    # the issue's case: --output . --force from a directory of the user's files
+    monkeypatch.chdir(mine)
+    code, _, err = call_main(capsys, directory, "--output", ".", "--force")
+    assert code == 2 and "is the current directory or one of its parents; it is never replaced" in err
+    code, _, err = call_main(capsys, directory, "--output", "..", "--force")
+    assert code == 2 and "is the current directory or one of its parents" in err
+    assert os.listdir(mine) == ["old.txt"] and sorted(os.listdir(tmp_path)) == ["mine", "run"]
+
+
+def test_missing_parents_of_the_output_are_created(run_dir, tmp_path, capsys):
+    directory, _ = run_dir
+    code, _, err = call_main(capsys, directory / "nothing", "--output", tmp_path / "a" / "b" / "packed")
+    assert code == 2 and "nothing-symbol.json: no such file" in err
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # the parents it made for a failed run are gone
+    code, stdout, _ = call_main(capsys, directory, "--output", tmp_path / "a" / "b" / "packed")
+    assert code == 0 and f"wrote {tmp_path / 'a' / 'b' / 'packed'}" in stdout
+    assert os.listdir(tmp_path / "a" / "b") == ["packed"]
+
+
+def _start_and_wait_for_scratch(run_dir, tmp_path):
+    """Starts the tool (with --verify, so that it runs a while) and waits for its scratch directory."""
+    out = tmp_path / "out" / "packed"
+    proc = subprocess.Popen([sys.executable, TOOL, str(run_dir), "--output", str(out), "--verify"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.isdir(out.parent) and any(n.endswith(".work") for n in os.listdir(out.parent)):
+            return proc, out
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"no scratch directory appeared: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_conversion_leaves_no_temporary_files(sig, run_dir, tmp_path):
+    directory, _ = run_dir
+    proc, out = _start_and_wait_for_scratch(directory, tmp_path)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err
+    assert not os.path.exists(out.parent)  # the scratch directory and the parent the run created
+
+
+def test_the_run_after_a_kill_cleans_up_and_says_so(run_dir, tmp_path, capsys):
+    directory, _ = run_dir
+    proc, out = _start_and_wait_for_scratch(directory, tmp_path)
+    proc.kill()
+    proc.communicate(timeout=300)
+    assert any(n.endswith(".work") for n in os.listdir(out.parent))
+    code, _, err = call_main(capsys, directory, "--output", out)
+    assert code == 0 and "binarize_model.py: note: " in err and "scratch directory of an interrupted conversion" in err
+    assert os.listdir(out.parent) == ["packed"]
 
 
 def test_epoch_selection(run_dir, tmp_path, capsys):
@@ -174,8 +241,7 @@ def _composite(directory):
     ("truncated symbol", ["{d}", "--output", "{o}"], "{d}/model-symbol.json: not valid JSON"),
     ("bad model.json", ["{d}", "--output", "{o}"], "{d}/model.json: not valid JSON"),
     ("composite layers", ["{d}", "--output", "{o}"], "(op BlockGrad) shows the graph was exported with the composite"),
-    ("output is the input", ["{d}", "--output", "{d}", "--force"], "output {d} would replace the input"),
-    ("no parent", ["{d}", "--output", "{d}/x/y"], "the directory {d}/x does not exist"),
+    ("output is the input", ["{d}", "--output", "{d}", "--force"], "{d} is not a packed model directory"),
     ("unknown model", ["--model", "densenet_9000", "--params", "{d}/model-0000.params", "--output", "{o}"],
      "--model: unknown model 'densenet_9000'"),
     ("missing gluon params", ["--model", "binary_densenet28", "--params", "{d}/none.params", "--output", "{o}"],

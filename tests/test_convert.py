@@ -15,6 +15,7 @@ from mxnet.gluon import nn
 
 import bmx
 from bmx import convert, packed, runtime
+from bmx.packed import PackedFormatError
 from bmx import nn as bnn
 from bmx import quantizers as Q
 from conftest import pad_nchw, ref_conv2d, ref_dorefa, ref_sign
@@ -343,13 +344,40 @@ def test_zoo_model_matches_original(name, tmp_path):
     out = str(tmp_path / "packed")
     report = convert.binarize(str(tmp_path), out, verify=True, input_size=32)
     binary_convs = [b for b in bnn.quantized_layers(net) if b.bits == 1]
-    assert len(report["layers"]) == report["verify"]["layers_checked_exactly"] == len(binary_convs) > 0
     params = packed.load_model(out).params
     assert not {f"arg:{b.weight.name}" for b in binary_convs} & set(params)
+    assert_packed_bits_are_signs(net, params)
     x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(F32)
     expected = run_original(net, x)
     assert_close(expected, run_runtime(out, x), f"{name} runtime")
     assert_close(expected, run_mxnet(out, x), f"{name} MXNet")
+
+
+def assert_packed_bits_are_signs(net, params):
+    """Every packed weight decodes (numpy, from the layout) to sign(W) of its own binary layer of the
+    original net, and every binary layer got one: checked from the bits, not from the converter's report."""
+    remaining = {b.weight.name: b.weight.data().asnumpy() for b in bnn.quantized_layers(net) if b.bits == 1}
+    words = [v for v in params.values() if v.dtype == np.int64]
+    assert len(words) == len(remaining) > 0
+    for packed_words in words:
+        match = None
+        for name, w in remaining.items():
+            kernel = tuple(w.shape[2:]) if w.ndim == 4 else (1, 1)
+            if packed_words.shape == (w.shape[0],) + kernel + (-(-w.shape[1] // 64),) and \
+                    np.array_equal(decode_words(packed_words, w.shape[1]).reshape(w.shape), ref_sign(w)):
+                match = name
+                break
+        assert match is not None, f"packed weight {packed_words.shape} is sign(W) of no binary layer"
+        del remaining[match]
+
+
+def assert_outputs_match_original(net, out, shape, seed, what):
+    """The packed model (runtime and MXNet) against the original Gluon net, sample by sample."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(F32)
+    expected = run_original(net, x)
+    for i in range(shape[0]):
+        assert_close(expected[i:i + 1], run_runtime(out, x[i:i + 1]), f"{what} runtime, sample {i}")
+        assert_close(expected[i:i + 1], run_mxnet(out, x[i:i + 1]), f"{what} MXNet, sample {i}")
 
 
 @pytest.mark.parametrize("config, packed_layers", [(dict(apply_scaling=True, activation="approx_sign"), 23),
@@ -361,10 +389,14 @@ def test_zoo_model_with_layer_config_verifies(config, packed_layers, tmp_path):
         net = bmx.models.get_model("binary_densenet28", **SMALL)
     randomize(net)
     export(net, str(tmp_path), (1, 3, 32, 32))
-    report = convert.binarize(str(tmp_path), str(tmp_path / "packed"), verify=True, input_size=32)
-    assert len(report["layers"]) == report["verify"]["layers_checked_exactly"] == packed_layers
+    out = str(tmp_path / "packed")
+    report = convert.binarize(str(tmp_path), out, verify=True, input_size=32)
+    assert len(report["layers"]) == packed_layers
     expected_constants = 23 if config.get("apply_scaling") or packed_layers == 0 else 0
     assert len(report["constants"]) == expected_constants
+    if packed_layers:
+        assert_packed_bits_are_signs(net, packed.load_model(out).params)
+    assert_outputs_match_original(net, out, (2, 3, 32, 32), 11, str(config))
 
 
 @pytest.mark.slow
@@ -373,9 +405,12 @@ def test_zoo_model_at_224_verifies(name, tmp_path):
     net = bmx.models.get_model(name)
     randomize(net)
     export(net, str(tmp_path), (1, 3, 224, 224))
-    report = convert.binarize(str(tmp_path), str(tmp_path / "packed"), verify=True, input_size=224, batch=1)
+    out = str(tmp_path / "packed")
+    report = convert.binarize(str(tmp_path), out, verify=True, input_size=224, batch=2)
     v = report["verify"]
-    assert v["layers_checked_exactly"] == len(report["layers"])
+    assert v["runtime_samples_excused"] == v["mxnet_samples_excused"] == 0
+    assert_packed_bits_are_signs(net, packed.load_model(out).params)
+    assert_outputs_match_original(net, out, (2, 3, 224, 224), 12, name)
 
 
 # ------------------------------------------------------------------ verification, sizes, binarize
@@ -474,7 +509,8 @@ def test_binarize_takes_the_newest_epoch_and_the_metadata(tmp_path):
     prefix = str(tmp_path / "model")
     bmx.export(net, prefix, epoch=3, input_shape=(1, 4, 6, 6))
     bmx.export(net, prefix, epoch=12, input_shape=(1, 4, 6, 6))
-    json.dump({"classes": 8, "preprocessing": {"image_size": 6}}, open(tmp_path / "model.json", "w"))
+    json.dump({"classes": 8, "preprocessing": {"image_size": 6, "mean": [0, 0, 0], "std": [1, 1, 1]}},
+              open(tmp_path / "model.json", "w"))
     out = str(tmp_path.parent / (tmp_path.name + "-packed"))
     report = convert.binarize(str(tmp_path), out)
     assert report["params_file"].endswith("model-0012.params")
@@ -482,6 +518,18 @@ def test_binarize_takes_the_newest_epoch_and_the_metadata(tmp_path):
     assert meta["classes"] == 8 and meta["packed"]["format_version"] == 1
     assert meta["packed"]["source_files"][1].endswith("model-0012.params")
     assert convert.binarize(prefix, out, epoch=3, force=True)["params_file"].endswith("model-0003.params")
+
+
+def test_binarize_refuses_metadata_that_loading_would_refuse(tmp_path):
+    net = bnn.BinaryConvolution(8, 3, padding=1, in_channels=4)
+    randomize(net)
+    bmx.export(net, str(tmp_path / "model"), input_shape=(1, 4, 6, 6))
+    json.dump({"preprocessing": {"image_size": 6, "mean": [0, 0, 0], "std": [1, 0, 1]}},
+              open(tmp_path / "model.json", "w"))
+    out = tmp_path.parent / (tmp_path.name + "-packed")
+    with pytest.raises(PackedFormatError, match=r"-packed/model.json: preprocessing.std must be positive"):
+        convert.binarize(str(tmp_path), str(out))
+    assert not out.exists()
 
 
 def test_binarize_refuses_existing_output_without_force(tmp_path):
@@ -492,7 +540,12 @@ def test_binarize_refuses_existing_output_without_force(tmp_path):
     with pytest.raises(convert.ConvertError, match=r"packed exists \(pass --force"):
         convert.binarize(str(tmp_path / "model"), str(out))
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match=r"packed is not a packed model directory.*also holds keep.txt"):
+        convert.binarize(str(tmp_path / "model"), str(out), force=True)
+    assert os.listdir(out) == ["keep.txt"]
+    os.remove(out / "keep.txt")
     convert.binarize(str(tmp_path / "model"), str(out), force=True)
+    convert.binarize(str(tmp_path / "model"), str(out), force=True)  # a packed model is replaced
     assert sorted(os.listdir(out)) == ["model-0000.params", "model-symbol.json", "model.json"]
     with pytest.raises(convert.ConvertError, match="would replace the input"):
         convert.binarize(str(tmp_path / "model"), str(tmp_path), force=True)

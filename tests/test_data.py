@@ -141,10 +141,11 @@ def _window_of(got, candidates, pad=4):
     return None
 
 
-def test_cifar_augmentation_is_pad_crop_flip(tmp_path):
+@pytest.mark.parametrize("loader", data.CIFAR10_LOADERS)
+def test_cifar_augmentation_is_pad_crop_flip(tmp_path, loader):
     """Every augmented image is a 32x32 window of the zero-padded image, mirrored about half the time."""
     directory = write_cifar(str(tmp_path), count=16)
-    bundle = data.cifar10(directory, 8, val_size=0, seed=5)
+    bundle = data.cifar10(directory, 8, val_size=0, seed=5, loader=loader)
     images, _ = toy_images(16, seed=3)
     decoded = [cv2.imdecode(cv2.imencode(".jpg", im[:, :, ::-1])[1], cv2.IMREAD_COLOR)[:, :, ::-1] for im in images]
     mean, std = np.array(data.CIFAR10_MEAN), np.array(data.CIFAR10_STD)
@@ -157,10 +158,11 @@ def test_cifar_augmentation_is_pad_crop_flip(tmp_path):
     assert 0 < sum(mirrored) < len(mirrored)
 
 
-def test_cifar_holdout_is_fixed_and_disjoint(tmp_path):
+@pytest.mark.parametrize("loader", data.CIFAR10_LOADERS)
+def test_cifar_holdout_is_fixed_and_disjoint(tmp_path, loader):
     directory = write_cifar(str(tmp_path), count=60, test=12)
-    a = data.cifar10(directory, 8, val_size=20, seed=1)
-    b = data.cifar10(directory, 8, val_size=20, seed=2)
+    a = data.cifar10(directory, 8, val_size=20, seed=1, loader=loader)
+    b = data.cifar10(directory, 8, val_size=20, seed=2, loader=loader)
     held = data.heldout_indices(60, 20)
     assert len(held) == 20 and len(set(held)) == 20
     assert (a.train.num_images, a.val.num_images, a.test.num_images) == (40, 20, 12)
@@ -176,15 +178,15 @@ def test_cifar_holdout_is_fixed_and_disjoint(tmp_path):
 
 def test_gluon_pipeline_is_a_function_of_seed_and_epoch(tmp_path):
     directory = write_cifar(str(tmp_path), count=40)
-    serial = data.cifar10(directory, 8, val_size=8, seed=7)
-    parallel = data.cifar10(directory, 8, val_size=8, seed=7, num_workers=2)
+    serial = data.cifar10(directory, 8, val_size=8, seed=7, loader="gluon")
+    parallel = data.cifar10(directory, 8, val_size=8, seed=7, num_workers=2, loader="gluon")
     x0, y0 = collect(serial.train, 3)
     x1, y1 = collect(parallel.train, 3)
     np.testing.assert_array_equal(x0, x1)
     np.testing.assert_array_equal(y0, y1)
     x2, _ = collect(serial.train, 4)
     assert not np.array_equal(x0, x2)
-    other_seed = data.cifar10(directory, 8, val_size=8, seed=8)
+    other_seed = data.cifar10(directory, 8, val_size=8, seed=8, loader="gluon")
     assert not np.array_equal(x0, collect(other_seed.train, 3)[0])
 
 
@@ -196,11 +198,13 @@ def test_synthetic_batch():
 
 # ----------------------------------------------------------------------------- parts (distributed workers)
 
-def test_gluon_parts_are_the_batches_of_one_process_with_a_larger_batch(tmp_path):
+@pytest.mark.parametrize("loader", data.CIFAR10_LOADERS)
+def test_gluon_parts_are_the_batches_of_one_process_with_a_larger_batch(tmp_path, loader):
     """3 workers with batch 4: step s of the epoch is step s of one process with batch 12."""
     directory = write_cifar(str(tmp_path), count=60)
-    whole = data.cifar10(directory, 12, val_size=4, seed=2)
-    parts = [data.cifar10(directory, 4, val_size=4, seed=2, num_parts=3, part_index=p) for p in range(3)]
+    whole = data.cifar10(directory, 12, val_size=4, seed=2, loader=loader)
+    parts = [data.cifar10(directory, 4, val_size=4, seed=2, num_parts=3, part_index=p, loader=loader)
+             for p in range(3)]
     assert [len(p.train) for p in parts] == [len(whole.train)] * 3 == [4] * 3  # 56 images, 8 left over
     for epoch in (0, 1):
         got = [list(p.train.batches(epoch)) for p in parts]
@@ -298,14 +302,17 @@ def test_index_of_another_file_is_detected(tmp_path):
 
 def test_corrupt_record_names_file_and_record(tmp_path):
     write_recordio(str(tmp_path / "train"), 24, corrupt={13})
-    bundle = data.cifar10(str(tmp_path), 8, val_size=0)
+    bundle = data.cifar10(str(tmp_path), 8, val_size=0, loader="gluon")
     with pytest.raises(data.DataError, match=r"train\.rec: record 13 \(key 13\) is corrupt or not an image"):
         collect(bundle.train)
+    # The in-memory pipeline decodes every record before training starts.
+    with pytest.raises(data.DataError, match=r"train\.rec: record 13 \(key 13\) is corrupt or not an image"):
+        data.cifar10(str(tmp_path), 8, val_size=0, loader="memory")
 
 
 def test_corrupt_record_is_reported_from_worker_processes(tmp_path):
     write_recordio(str(tmp_path / "train"), 24, corrupt={5})
-    bundle = data.cifar10(str(tmp_path), 8, val_size=0, num_workers=2)
+    bundle = data.cifar10(str(tmp_path), 8, val_size=0, num_workers=2, loader="gluon")
     with pytest.raises(data.DataError, match=r"record 5 \(key 5\)"):
         collect(bundle.train)
 
@@ -351,3 +358,61 @@ def test_holdout_larger_than_the_file(tmp_path):
     write_cifar(str(tmp_path), 12)
     with pytest.raises(data.DataError, match="cannot hold out 12 of its 12"):
         data.cifar10(str(tmp_path), 4, val_size=12)
+
+
+# ----------------------------------------------------------------------------- in-memory CIFAR-10
+
+def test_normalization_matches_mxnet_to_tensor_and_normalize():
+    """data._to_input against the MXNet operators it replaces, on every uint8 value: bit-identical."""
+    prep = data.Preprocessing(32, data.CIFAR10_MEAN, data.CIFAR10_STD)
+    images = np.random.RandomState(0).randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+    images[0] = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+    reference = mx.nd.image.normalize(mx.nd.image.to_tensor(mx.nd.array(images, dtype=np.uint8)),
+                                      mean=tuple(m / 255 for m in prep.mean), std=tuple(s / 255 for s in prep.std))
+    np.testing.assert_array_equal(data._to_input(images, prep).asnumpy(), reference.asnumpy())
+
+
+def test_memory_pipeline_reads_the_same_images_and_labels_as_the_record_reader(tmp_path):
+    """Hold-out and test (not augmented) are bit-identical to the Gluon record pipeline; training
+    reads the same records in the same (seed, epoch) order, each a window of its decoded image."""
+    directory = write_cifar(str(tmp_path), count=40, test=12)
+    memory = data.cifar10(directory, 8, val_size=8, seed=4, loader="memory")
+    gluon = data.cifar10(directory, 8, val_size=8, seed=4, loader="gluon")
+    assert memory.info["loader"] == "memory" and gluon.info["loader"] == "gluon"
+    for split in ("val", "test"):
+        xm, ym = collect(getattr(memory, split))
+        xg, yg = collect(getattr(gluon, split))
+        np.testing.assert_array_equal(xm, xg)
+        np.testing.assert_array_equal(ym, yg)
+    images, labels = toy_images(40, seed=3)
+    decoded = [cv2.imdecode(cv2.imencode(".jpg", im[:, :, ::-1])[1], cv2.IMREAD_COLOR)[:, :, ::-1] for im in images]
+    mean, std = np.array(data.CIFAR10_MEAN), np.array(data.CIFAR10_STD)
+    held = set(data.heldout_indices(40, 8))
+    for epoch in (0, 1):
+        xm, ym = collect(memory.train, epoch)
+        _, yg = collect(gluon.train, epoch)
+        np.testing.assert_array_equal(ym, yg)
+        order = np.random.RandomState([4, epoch]).permutation([i for i in range(40) if i not in held])
+        np.testing.assert_array_equal(ym, (order % 4).astype(np.float32))
+        for got, record in zip(np.rint(xm.transpose(0, 2, 3, 1) * std + mean), order):
+            assert _window_of(got, [decoded[record]]) is not None
+
+
+def test_memory_augmentation_is_a_function_of_seed_and_epoch(tmp_path):
+    """A new bundle (a resumed process) gives epoch 3 bit for bit without reading epochs 0-2."""
+    directory = write_cifar(str(tmp_path), count=40)
+    first = data.cifar10(directory, 8, val_size=8, seed=7)
+    for epoch in range(3):
+        collect(first.train, epoch)
+    x3, y3 = collect(first.train, 3)
+    resumed = data.cifar10(directory, 8, val_size=8, seed=7)
+    x, y = collect(resumed.train, 3)
+    np.testing.assert_array_equal(x, x3)
+    np.testing.assert_array_equal(y, y3)
+    assert not np.array_equal(collect(first.train, 4)[0], x3)
+    assert not np.array_equal(collect(data.cifar10(directory, 8, val_size=8, seed=8).train, 3)[0], x3)
+
+
+def test_unknown_cifar_loader_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown CIFAR-10 loader 'record-iter'"):
+        data.cifar10(write_cifar(str(tmp_path), 16), 8, val_size=4, loader="record-iter")

@@ -1,25 +1,107 @@
-"""example/evaluate.py --packed: numpy-only scoring of a packed model, against MXNet's evaluation
-pipeline (bmx.data + bmx.training.evaluate), and without mxnet importable."""
+"""example/evaluate.py: bad options, damaged model directories and invalid model.json are clear errors;
+--packed scores with numpy only, as MXNet's evaluation pipeline does, and without mxnet importable."""
 import json
 import os
 import subprocess
 import sys
 
 import cv2
+import mxnet as mx
 import numpy as np
 import pytest
 
-from bmx import runtime
-from test_training import load_script
+import bmx
+from bmx import datafiles, packed, runtime
+from test_data import write_recordio
+from test_training import TINY_KNOBS, load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "example", "pretrained", "bdn28-cifar10")
 
+PREP = {"image_size": 32, "mean": [120.0, 115.0, 100.0], "std": [60.0, 60.0, 60.0], "resize": 0}
+
+
+@pytest.fixture(scope="module")
+def evaluate():
+    return load_script("evaluate")
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """An exported tiny BinaryDenseNet with a model.json, and a record file of 16 toy images."""
+    out = tmp_path / "run"
+    out.mkdir()
+    net = bmx.models.get_model("binary_densenet28", classes=4, **TINY_KNOBS)
+    net.initialize(mx.init.Xavier())
+    bmx.export(net, str(out / "model"), input_shape=(1, 3, 32, 32))
+    (out / "model.json").write_text(json.dumps({"classes": 4, "preprocessing": PREP, "config": {"image_size": 32}}))
+    return out, write_recordio(str(tmp_path / "val"), 16)
+
+
+def run(evaluate, capsys, *args):
+    try:
+        code = evaluate.main([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_valid_model_directory_is_scored(model_dir, evaluate, capsys):
+    out, rec = model_dir
+    code, stdout, _ = run(evaluate, capsys, "--model-dir", out, "--data", rec)
+    assert code == 0 and json.loads(stdout)["images"] == 16
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", 0, "--batch-size must be >= 1, got 0"),
+    ("--num-workers", -1, "--num-workers must be >= 0, got -1"),
+    ("--threads", 0, "--threads must be >= 1, got 0"),
+])
+def test_bad_options(option, value, message, model_dir, evaluate, capsys):
+    out, rec = model_dir
+    code, _, err = run(evaluate, capsys, "--model-dir", out, "--data", rec, option, value)
+    assert code == 2 and f"evaluate.py: error: {message}" in err
+
+
+def test_truncated_params_name_the_file(model_dir, evaluate, capsys):
+    out, rec = model_dir
+    path = out / "model-0000.params"
+    path.write_bytes(path.read_bytes()[:1000])
+    code, _, err = run(evaluate, capsys, "--model-dir", out, "--data", rec)
+    assert code == 2 and err.startswith(f"evaluate.py: error: {path}: truncated") and err.count("\n") == 1
+
+
+def test_non_finite_params_are_refused(model_dir, evaluate, capsys):
+    out, rec = model_dir
+    params = packed.read_params(out / "model-0000.params")
+    name = next(k for k, a in params.items() if a.dtype == np.float32 and k.endswith("weight"))
+    params[name] = np.full_like(params[name], np.nan)
+    packed.write_params(out / "model-0000.params", params)
+    code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", rec)
+    assert code == 2 and stdout == ""
+    assert f"{out / 'model-0000.params'}: parameter {name[4:]} holds non-finite values" in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"preprocessing": dict(PREP, std=[60.0, 0.0, 60.0])}, "preprocessing.std must be positive"),
+    ({"preprocessing": dict(PREP, resize=-5)}, "preprocessing.resize must be 0 (no resize) or a positive integer"),
+    ({"preprocessing": dict(PREP, image_size=64)}, "preprocessing.image_size is 64, but config.image_size says"),
+    ({"classes": 0}, "classes must be a positive integer, got 0"),
+])
+def test_invalid_model_json_names_the_file_and_field(change, message, model_dir, evaluate, capsys):
+    out, rec = model_dir
+    meta = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps(dict(meta, **change)))
+    code, _, err = run(evaluate, capsys, "--model-dir", out, "--data", rec)
+    assert code == 2 and f"evaluate.py: error: {out / 'model.json'}: {message}" in err
+
+
+# ----------------------------------------------------------------------------- --packed
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """13 images larger than the model's 32x32 input (center-cropped), as a .rec file and as folders."""
-    mx = pytest.importorskip("mxnet")
     directory = tmp_path_factory.mktemp("eval")
     rng = np.random.RandomState(3)
     rec, idx = str(directory / "d.rec"), str(directory / "d.idx")
@@ -37,8 +119,6 @@ def dataset(tmp_path_factory):
 
 def mxnet_scores(data, indices=None):
     """The scores MXNet's pipeline gives the same packed model (the independent reference)."""
-    import mxnet as mx
-
     from bmx import data as bdata
     from bmx import training
 
@@ -52,16 +132,16 @@ def mxnet_scores(data, indices=None):
     return training.evaluate(net, split, model.meta["classes"])
 
 
-def run_evaluate(capsys, *args):
-    evaluate = load_script("evaluate")
-    assert evaluate.main(["--packed", MODEL, *args]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def run_packed(evaluate, capsys, *args):
+    code, out, err = run(evaluate, capsys, "--packed", MODEL, *args)
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("source", ["rec", "folders"])
-def test_packed_scores_match_the_mxnet_pipeline(dataset, capsys, source):
+def test_packed_scores_match_the_mxnet_pipeline(dataset, evaluate, capsys, source):
     data = dataset[0] if source == "rec" else dataset[1]
-    got = run_evaluate(capsys, "--data", data, "--batch-size", "4")
+    got = run_packed(evaluate, capsys, "--data", data, "--batch-size", 4)
     want = mxnet_scores(data)
     assert got["images"] == want["images"] == 13
     assert got["top1"] == pytest.approx(want["top1"], abs=1e-9)
@@ -70,9 +150,7 @@ def test_packed_scores_match_the_mxnet_pipeline(dataset, capsys, source):
     assert got["packed"] is True
 
 
-def test_packed_holdout_scores_the_records_of_the_split(dataset, tmp_path, capsys):
-    from bmx import datafiles
-
+def test_packed_holdout_scores_the_records_of_the_split(dataset, evaluate, tmp_path, capsys):
     rec, _ = dataset
     meta = runtime.load(MODEL).meta
     indices = datafiles.heldout_indices(13, 6, meta["data"]["split_seed"])
@@ -84,9 +162,9 @@ def test_packed_holdout_scores_the_records_of_the_split(dataset, tmp_path, capsy
             os.symlink(os.path.join(MODEL, name), model / name)
     meta["data"]["val_size"] = 6
     (model / "model.json").write_text(json.dumps(meta))
-    evaluate = load_script("evaluate")
-    assert evaluate.main(["--packed", str(model), "--data", rec, "--holdout"]) == 0
-    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    code, out, err = run(evaluate, capsys, "--packed", model, "--data", rec, "--holdout")
+    assert code == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
     want = mxnet_scores(rec, indices)
     assert got["images"] == 6 and got["holdout"] is True
     assert got["top1"] == pytest.approx(want["top1"], abs=1e-9)
@@ -103,15 +181,14 @@ def test_packed_evaluation_needs_no_mxnet(dataset):
     assert json.loads(out.stdout.strip().splitlines()[-1])["images"] == 13
 
 
-def test_errors_are_named(dataset, tmp_path, capsys):
-    evaluate = load_script("evaluate")
-    assert evaluate.main(["--packed", MODEL, "--data", str(tmp_path / "none.rec")]) == 2
-    assert "none.rec" in capsys.readouterr().err
-    assert evaluate.main(["--packed", MODEL, "--data", dataset[1], "--holdout"]) == 2
-    assert "--holdout applies to RecordIO files only" in capsys.readouterr().err
+def test_packed_data_errors_are_named(dataset, evaluate, tmp_path, capsys):
+    code, _, err = run(evaluate, capsys, "--packed", MODEL, "--data", tmp_path / "none.rec")
+    assert code == 2 and "none.rec" in err
+    code, _, err = run(evaluate, capsys, "--packed", MODEL, "--data", dataset[1], "--holdout")
+    assert code == 2 and "--holdout applies to RecordIO files only" in err
     picture = np.zeros((32, 32, 3), np.uint8)
     for label in range(11):  # one class folder more than the model has classes
         os.makedirs(tmp_path / "eleven" / f"k{label:02d}")
         cv2.imwrite(str(tmp_path / "eleven" / f"k{label:02d}" / "a.png"), picture)
-    assert evaluate.main(["--packed", MODEL, "--data", str(tmp_path / "eleven")]) == 2
-    assert "eleven: label 10 is outside the model's 10 classes" in capsys.readouterr().err
+    code, _, err = run(evaluate, capsys, "--packed", MODEL, "--data", tmp_path / "eleven")
+    assert code == 2 and "eleven: label 10 is outside the model's 10 classes" in err

@@ -1,7 +1,11 @@
 """bmx.packed: MXNet's NDArray-list files without mxnet, and the packed model directory."""
+import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -237,7 +241,9 @@ def test_save_and_load_model_round_trip_and_mxnet_loads_it(tmp_path):
     assert sorted(os.listdir(out)) == sorted([packed.SYMBOL_FILE, packed.PARAMS_FILE, packed.META_FILE])
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary left beside it
     model = packed.load_model(out)
-    assert model.graph == graph and model.meta == meta and model.directory == out
+    digest = hashlib.sha256((tmp_path / "model" / packed.PARAMS_FILE).read_bytes()).hexdigest()
+    assert model.graph == graph and model.directory == out
+    assert model.meta == dict(meta, packed=dict(meta["packed"], params_sha256=digest))
     assert_same(model.params, params)
     block = mx.gluon.SymbolBlock.imports(os.path.join(out, packed.SYMBOL_FILE), ["data"],
                                          os.path.join(out, packed.PARAMS_FILE))
@@ -255,7 +261,7 @@ def test_existing_directory_needs_force_and_is_untouched_without_it(tmp_path):
         packed.save_model(out, graph, params, {"version": 2})
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     packed.save_model(out, graph, params, {"version": 2}, force=True)
-    assert packed.load_model(out).meta == {"version": 2}
+    assert packed.load_model(out).meta["version"] == 2
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
@@ -275,7 +281,7 @@ def test_a_failure_while_writing_keeps_the_old_model_and_leaves_no_temporary(tmp
     monkeypatch.setattr(packed, "_write_records", _half_write)
     with pytest.raises(OSError, match="disk full"):
         packed.save_model(out, graph, params, {"version": 2}, force=True)
-    assert packed.load_model(out).meta == {"version": 1}
+    assert packed.load_model(out).meta["version"] == 1
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
@@ -296,7 +302,7 @@ def test_a_failed_swap_restores_the_old_model(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename failed"):
         packed.save_model(out, graph, params, {"version": 2}, force=True)
     monkeypatch.setattr(os, "rename", real_rename)
-    assert packed.load_model(out).meta == {"version": 1}
+    assert packed.load_model(out).meta["version"] == 1
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
@@ -340,3 +346,204 @@ def test_load_model_errors_name_the_file(tmp_path):
     (out / packed.META_FILE).write_text(json.dumps({"packed": {"format_version": packed.FORMAT_VERSION + 1}}))
     with pytest.raises(PackedFormatError, match="newer than this bmx reads"):
         packed.load_model(out)
+
+
+# ------------------------------------------------------------------ what --force may replace
+
+def test_force_replaces_only_a_packed_model_or_an_empty_directory(tmp_path, monkeypatch):
+    graph, params = small_graph()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a packed model directory.*also holds notes.txt"):
+        packed.save_model(out, graph, params, {}, force=True)
+    assert os.listdir(out) == ["notes.txt"]
+    # the three files of an exported (not packed) model: model.json without a "packed" entry
+    os.remove(out / "notes.txt")
+    for name in packed.MODEL_FILES:
+        (out / name).write_text("{}")
+    with pytest.raises(FileExistsError, match="has no 'packed' entry"):
+        packed.save_model(out, graph, params, {}, force=True)
+    assert {n: (out / n).read_text() for n in os.listdir(out)} == {n: "{}" for n in packed.MODEL_FILES}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    packed.save_model(empty, graph, params, {"v": 1}, force=True)
+    assert packed.load_model(empty).meta["v"] == 1
+
+
+def test_force_never_replaces_the_current_directory_or_a_parent(tmp_path, monkeypatch):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    packed.save_model(out, graph, params, {"v": 1})
+    (out / "sub").mkdir()
+    monkeypatch.chdir(out / "sub")
+    with pytest.raises(FileExistsError, match="current directory or one of its parents"):
+        packed.save_model(out, graph, params, {"v": 2}, force=True)
+    os.rmdir(out / "sub")
+    monkeypatch.chdir(out)  # a packed model, but the current directory
+    with pytest.raises(FileExistsError, match="current directory or one of its parents"):
+        packed.save_model(".", graph, params, {"v": 2}, force=True)
+    assert packed.load_model(out).meta["v"] == 1
+
+
+# ------------------------------------------------------------------ interrupted replaces
+
+KILLED_SAVE = """
+import os, signal, sys
+import numpy as np
+from bmx import packed
+graph, out, when = __import__("json").loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+real_rename, real_rmtree = os.rename, packed.shutil.rmtree
+calls = []
+def rename(src, dst):
+    calls.append(dst)
+    if when == "between renames" and len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rename(src, dst)
+def rmtree(path, *args, **kwargs):
+    if when == "while deleting the old copy" and path.endswith(".old"):
+        os.remove(os.path.join(path, packed.SYMBOL_FILE))
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rmtree(path, *args, **kwargs)
+os.rename, packed.shutil.rmtree = rename, rmtree
+params = {"arg:fc_weight": np.zeros((3, 4), np.float32), "arg:fc_bias": np.zeros(3, np.float32)}
+packed.save_model(out, graph, params, {"version": 2}, force=True)
+"""
+
+
+def _killed_save(graph, out, when):
+    result = subprocess.run([sys.executable, "-c", KILLED_SAVE, json.dumps(graph), str(out), when],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr
+
+
+@pytest.mark.parametrize("then", ["load", "save"])
+def test_a_kill_between_the_renames_is_undone_by_the_next_load_or_save(then, tmp_path):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    packed.save_model(out, graph, params, {"version": 1})
+    _killed_save(graph, out, "between renames")
+    left = sorted(os.listdir(tmp_path))
+    assert "model" not in left and sorted(n[-4:] for n in left) == [".old", ".tmp"]  # the state the issue reports
+    with pytest.warns(UserWarning) as caught:
+        if then == "load":
+            assert packed.load_model(out).meta["version"] == 1
+        else:
+            packed.save_model(out, graph, params, {"version": 3}, force=True)
+            assert packed.load_model(out).meta["version"] == 3
+    said = " | ".join(str(w.message) for w in caught)
+    assert "restored the previous model from" in said and "removed" in said and ".tmp" in said
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_a_kill_while_deleting_the_old_copy_is_cleaned_up(tmp_path):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    packed.save_model(out, graph, params, {"version": 1})
+    _killed_save(graph, out, "while deleting the old copy")
+    assert len(os.listdir(tmp_path)) == 2
+    with pytest.warns(UserWarning, match=r"removed .*\.old, left behind"):
+        assert packed.load_model(out).meta["version"] == 2
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_recovery_touches_only_its_own_leftovers(tmp_path):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    foreign = tmp_path / ".model.abcdefgh.old"  # the right name, but not holding a packed model
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    other = tmp_path / ".model.tmp"
+    other.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packed.save_model(out, graph, params, {})
+        packed.load_model(out)
+    assert sorted(os.listdir(tmp_path)) == [".model.abcdefgh.old", ".model.tmp", "model"]
+    assert (foreign / "thesis.tex").read_text() == "mine"
+
+
+def test_an_abandoned_scratch_directory_is_removed_but_not_one_in_use(tmp_path):
+    out = tmp_path / "model"
+    graph, params = small_graph()
+    with packed.scratch_directory(out) as scratch:
+        (tmp_path / "x").mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            packed.save_model(out, graph, params, {})  # the scratch directory is in use: kept
+        assert os.path.isdir(scratch)
+        os.rename(scratch, scratch + "-copy")  # a copy without its owner's lock: abandoned
+        os.rename(scratch + "-copy", scratch[:-13] + "zzzzzzzz.work")
+        os.mkdir(scratch)
+    with pytest.warns(UserWarning, match="scratch directory of an interrupted conversion"):
+        packed.load_model(out)
+    assert sorted(os.listdir(tmp_path)) == ["model", "x"]
+
+
+# ------------------------------------------------------------------ checksum and finite weights
+
+def test_the_params_checksum_is_checked_on_load(tmp_path):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    packed.save_model(out, graph, params, {})
+    path = out / packed.PARAMS_FILE
+    data = bytearray(path.read_bytes())
+    data[24 + 40 + 5] ^= 1  # one bit of the first weight (after the list header and its record header)
+    path.write_bytes(bytes(data))
+    packed.read_params(path)
+    with pytest.raises(PackedFormatError, match=rf"{packed.PARAMS_FILE}: the file's sha256 is not the "
+                                                r"packed.params_sha256 recorded in model.json"):
+        packed.load_model(out)
+
+
+def _nan_params_with_a_matching_checksum(out, params):
+    bad = dict(params)
+    bad["arg:fc_bias"] = np.array([0.5, np.nan, 1.0], np.float32)
+    packed.write_params(out / packed.PARAMS_FILE, bad)
+    meta = json.loads((out / packed.META_FILE).read_text())
+    meta["packed"]["params_sha256"] = hashlib.sha256((out / packed.PARAMS_FILE).read_bytes()).hexdigest()
+    (out / packed.META_FILE).write_text(json.dumps(meta))
+
+
+def test_non_finite_params_are_refused_on_save_and_load(tmp_path):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    weight = params["arg:fc_weight"].copy()
+    weight[1, 2] = np.inf
+    with pytest.raises(PackedFormatError, match="'arg:fc_weight' holds 1 non-finite value"):
+        packed.save_model(out, graph, dict(params, **{"arg:fc_weight": weight}), {})
+    assert not out.exists()
+    packed.save_model(out, graph, params, {})
+    _nan_params_with_a_matching_checksum(out, params)
+    with pytest.raises(PackedFormatError, match=rf"{packed.PARAMS_FILE}: array 'arg:fc_bias' holds 1 non-finite"):
+        packed.load_model(out)
+
+
+# ------------------------------------------------------------------ preprocessing in model.json
+
+GOOD_PREP = {"image_size": 32, "mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7], "resize": 0}
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"image_size": 0}, "image_size", "must be a positive integer, got 0"),
+    ({"image_size": "32"}, "image_size", "must be a positive integer, got '32'"),
+    ({"image_size": 64}, "image_size", "is 64, but config.image_size says the model takes 32"),
+    ({"resize": -5}, "resize", "must be 0 (no resize) or a positive integer, got -5"),
+    ({"resize": 16}, "resize", "is 16, smaller than image_size 32"),
+    ({"std": [63.0, 0, 66.7]}, "std", "must be positive"),
+    ({"std": [1, 2]}, "std", "must be a list of 3 finite numbers"),
+    ({"mean": [1, None, 3]}, "mean", "must be a list of 3 finite numbers"),
+])
+def test_preprocessing_is_validated_on_load(change, field, message, tmp_path):
+    graph, params = small_graph()
+    out = tmp_path / "model"
+    meta = {"config": {"image_size": 32}, "preprocessing": GOOD_PREP}
+    packed.save_model(out, graph, params, meta)
+    packed.load_model(out)
+    stored = json.loads((out / packed.META_FILE).read_text())
+    stored["preprocessing"] = dict(GOOD_PREP, **change)
+    (out / packed.META_FILE).write_text(json.dumps(stored))
+    with pytest.raises(PackedFormatError) as err:
+        packed.load_model(out)
+    assert str(err.value) == f"{out / packed.META_FILE}: preprocessing.{field} {message}" or \
+        str(err.value).startswith(f"{out / packed.META_FILE}: preprocessing.{field} {message}")

@@ -11,6 +11,7 @@ import types
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet import gluon
 
 import bmx
 from bmx import convert, data, training
@@ -152,7 +153,7 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path, monkeypatch):
 
     out = str(tmp_path / "b")
     batches = len(data.cifar10(directory, 8, val_size=8).train)
-    step = training._Step.__call__
+    step = training.Step.__call__
     calls = []
 
     def crash_in_third_epoch(self, *args):
@@ -161,10 +162,10 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return step(self, *args)
 
-    monkeypatch.setattr(training._Step, "__call__", crash_in_third_epoch)
+    monkeypatch.setattr(training.Step, "__call__", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(directory, out).fit()
-    monkeypatch.setattr(training._Step, "__call__", step)
+    monkeypatch.setattr(training.Step, "__call__", step)
     with open(os.path.join(out, "state.json")) as f:
         assert json.load(f)["epoch"] == 2
     assert not os.path.exists(os.path.join(out, "checkpoint-0003.params"))
@@ -195,6 +196,37 @@ def test_resume_refuses_changed_settings(tmp_path, train_script, capsys):
     assert train_script.main(argv + ["--output-dir", out, "--resume"]) == 0  # finished: re-exports only
     assert train_script.main(argv + ["--output-dir", str(tmp_path / "empty"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def _two_device_run(directory, out, ctx, fit=True):
+    """A net without BatchNorm (whose statistics are per device): several devices must then train
+    exactly like one on the whole batch, the gradients of the parts summed."""
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(8, 3, padding=1, in_channels=3), bmx.nn.BinaryConvolution(8, 3, padding=1, in_channels=8),
+            gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(10, in_units=8))
+    bundle = data.cifar10(directory, 8, val_size=8, seed=3)
+    recipe = training.Recipe(optimizer="adam", lr=0.01, epochs=1, batch_size=8, seed=3)
+    run = training.Run(net, bundle, recipe, out, ctx=ctx, progress=False)
+    if fit:
+        run.fit()
+    return run
+
+
+def test_training_on_two_devices_equals_one(tmp_path):
+    directory = write_cifar(str(tmp_path / "data"), count=40)
+    one = _two_device_run(directory, str(tmp_path / "one"), [mx.cpu(0)])
+    two = _two_device_run(directory, str(tmp_path / "two"), [mx.cpu(0), mx.cpu(1)])
+    for (name, a), b in zip(one.net.collect_params().items(), two.net.collect_params().values()):
+        assert a.list_ctx() == [mx.cpu(0)] and b.list_ctx() == [mx.cpu(0), mx.cpu(1)]
+        np.testing.assert_allclose(b.data(mx.cpu(1)).asnumpy(), b.data(mx.cpu(0)).asnumpy(), rtol=0, atol=0,
+                                   err_msg=f"{name}: the devices' copies differ")
+        np.testing.assert_allclose(b.data(mx.cpu(0)).asnumpy(), a.data().asnumpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    # the comparison means something: training moved every parameter far more than the tolerance
+    start = _two_device_run(directory, str(tmp_path / "start"), [mx.cpu(0)], fit=False)
+    for (name, a), b in zip(one.net.collect_params().items(), start.net.collect_params().values()):
+        assert np.abs(a.data().asnumpy() - b.data().asnumpy()).max() > 1e-3, name
+    assert one.history[0]["train_loss"] == pytest.approx(two.history[0]["train_loss"], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- recipe pieces
@@ -260,6 +292,18 @@ def test_float16_is_refused_on_cpu_with_the_reason(tmp_path, train_script, capsy
                               "--dtype", "float16", "--output-dir", str(tmp_path / "run")] + TINY) == 2
     assert "float16 training needs GPU contexts" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run" / "state.json")
+
+
+@pytest.mark.skipif(bmx.precision.bfloat16_support()[0], reason="this CPU supports bfloat16")
+def test_bfloat16_is_refused_without_cpu_support(tmp_path, train_script, capsys):
+    """No silent slowdown: without AVX-512 BF16 the run stops before it starts, saying why."""
+    directory = write_cifar(str(tmp_path / "data"), count=24)
+    assert train_script.main(["--dataset", "cifar10", "--data-dir", directory, "--val-size", "8", "--epochs", "1",
+                              "--dtype", "bfloat16", "--output-dir", str(tmp_path / "run")] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "bfloat16 training is not available here" in err and "avx512_bf16" in err
+    assert not os.path.exists(tmp_path / "run" / "state.json")
+    assert train_script.main(["--benchmark", "--dtype", "bfloat16"] + TINY) == 2
 
 
 # ----------------------------------------------------------------------------- benchmark and errors

@@ -9,13 +9,22 @@
 PREFIX names PREFIX-symbol.json and PREFIX-NNNN.params (bmx.export; the newest epoch unless --epoch);
 a directory means DIR/model, with DIR/model.json as metadata. OUT is a directory (model-symbol.json,
 model-0000.params, model.json) that bmx.runtime.load(OUT) runs without MXNet and that
-mx.gluon.SymbolBlock.imports runs after `import bmx`. The conversion rules are in bmx/convert.py.
+mx.gluon.SymbolBlock.imports runs after `import bmx`; its missing parents are created. --force
+replaces only a packed model, never another directory. The conversion rules are in bmx/convert.py.
+
+Temporary files live in a hidden scratch directory beside OUT, removed on every exit (SIGTERM and
+SIGHUP included); one left by a killed run is removed, and a replace it interrupted is finished or
+undone, by the next run for the same OUT (see bmx.packed.recover).
 """
 import argparse
+import os
+import signal
 import sys
+import tempfile
+import warnings
 
 import bmx
-from bmx import convert
+from bmx import convert, packed
 
 
 def build_parser():
@@ -23,7 +32,7 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prefix", nargs="?", help="PREFIX of PREFIX-symbol.json / PREFIX-NNNN.params, or an output "
                    "directory of example/train_imagenet.py")
-    p.add_argument("--output", required=True, help="packed model directory to create")
+    p.add_argument("--output", required=True, help="packed model directory to create (parents are created)")
     p.add_argument("--epoch", type=int, help="which PREFIX-NNNN.params (default: the newest)")
     p.add_argument("--model", help="zoo model name, to convert a Gluon parameter file given with --params")
     p.add_argument("--params", help="Gluon parameter file (net.save_parameters) of --model")
@@ -33,7 +42,8 @@ def build_parser():
                    "(default: model.json's image size; 32 for the cifar/thumbnail stems, else 224)")
     p.add_argument("--verify", action="store_true", help="check the packed model against the original on random "
                    "inputs (binary layers exactly) before writing it")
-    p.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    p.add_argument("--force", action="store_true", help="replace an existing --output packed model "
+                   "(only a directory holding nothing but a packed model's files)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --verify inputs")
     return p
 
@@ -56,19 +66,70 @@ def main(argv=None):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "epoch" else 1):
             parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'epoch' else 'positive'}, got {value}")
+    previous = {s: signal.signal(s, _exit_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    created = []
     try:
-        if args.model is not None:
-            report = convert.binarize_gluon(args.model, args.params, args.output, stem=args.stem,
-                                            classes=args.classes or 1000, input_size=args.input_size,
-                                            force=args.force, verify=args.verify, seed=args.seed)
-        else:
-            report = convert.binarize(args.prefix, args.output, epoch=args.epoch, force=args.force,
-                                      verify=args.verify, input_size=args.input_size, seed=args.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            notes = packed.recover(args.output)
+        for note in notes:
+            print(f"{parser.prog}: note: {note}", file=sys.stderr)
+        if args.force:
+            packed.check_replaceable(args.output)
+        created = _make_parents(args.output)
+        report = _convert(args)
     except (ValueError, OSError) as err:  # ConvertError, ModelFileError and PackedFormatError are ValueErrors
+        _remove(created)
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except BaseException:
+        _remove(created)
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     print("\n".join(convert.format_report(report)))
     print(f"wrote {report['output_dir']}")
     return 0
+
+
+def _exit_on_signal(number, frame):
+    """SIGTERM and SIGHUP end the run through SystemExit, so that every temporary file is removed."""
+    raise SystemExit(128 + number)
+
+
+def _make_parents(output):
+    """Creates the missing parents of ``output``; returns them, deepest first."""
+    created = []
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):
+        created.append(parent)
+        parent = os.path.dirname(parent)
+    for path in reversed(created):
+        os.mkdir(path)
+    return created
+
+
+def _remove(created):
+    for path in created:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return  # something else was put there meanwhile: keep it
+
+
+def _convert(args):
+    """Runs the conversion with every temporary file in a scratch directory beside the output."""
+    with packed.scratch_directory(args.output) as scratch:
+        saved, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            if args.model is not None:
+                return convert.binarize_gluon(args.model, args.params, args.output, stem=args.stem,
+                                              classes=args.classes or 1000, input_size=args.input_size,
+                                              force=args.force, verify=args.verify, seed=args.seed)
+            return convert.binarize(args.prefix, args.output, epoch=args.epoch, force=args.force,
+                                    verify=args.verify, input_size=args.input_size, seed=args.seed)
+        finally:
+            tempfile.tempdir = saved
 
 
 if __name__ == "__main__":
