@@ -91,6 +91,7 @@ setup(
     extras_require={
         # mxnet 1.9.1 (the last release) needs numpy < 1.24
         "train": ["mxnet==1.9.1", "numpy==1.23.5", "gluoncv", "tqdm", "matplotlib"],
-        "test": ["pytest"],
+        "onnx": ["onnx", "onnxruntime"],
+        "test": ["pytest", "onnx", "onnxruntime"],
     },
 )

@@ -63,11 +63,11 @@ from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
 from . import memory_data
 from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
 from .datafiles import CIFAR10_SPLIT_SEED, heldout_indices
-from .records import DataError, FolderImages, RecordImages, check_recordio, decode_error, require_dir
+from .records import DataError, FolderImages, RecordImages, check_recordio, decode_error, fingerprint, require_dir
 
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
-           "evaluation_split", "check_recordio", "heldout_indices", "eval_resize", "IMAGENET_MEAN", "IMAGENET_STD",
-           "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS",
+           "evaluation_split", "check_recordio", "fingerprint", "heldout_indices", "eval_resize", "IMAGENET_MEAN",
+           "IMAGENET_STD", "IMAGENET_TRAIN_IMAGES", "CIFAR10_MEAN", "CIFAR10_STD", "AUGMENTATIONS", "LOADERS",
            "CIFAR10_LOADERS"]
 
 IMAGENET_MEAN = (123.68, 116.78, 103.94)
@@ -452,7 +452,7 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
             raise DataError(f"{data_dir}: train/ and val/ have different class folders "
                             f"({len(train_base.synsets)} vs {len(val_base.synsets)})")
         classes = len(train_base.synsets)
-        info.update(loader="gluon", synsets=train_base.synsets)
+        info.update(loader="gluon", synsets=train_base.synsets, train_records=len(train_base))
         make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
         train = _GluonSplit("train", train_base, None, train_tf, shuffle=True, description=train_base.root, **make,
                             **part)
@@ -465,7 +465,8 @@ def imagenet(data_dir, batch_size, image_size=224, augment="resized-crop", loade
         raise DataError(f"{data_dir}: expected train.rec, train.idx, val.rec and val.idx in this directory; "
                         f"missing {', '.join(os.path.basename(p) for p in missing)}")
     counts = {s: check_recordio(*paths[s]) for s in paths}
-    info.update(loader=loader, classes=classes)
+    info.update(loader=loader, classes=classes, train_records=counts["train"],
+                train_fingerprint=fingerprint(*paths["train"]))
     if loader == "gluon":
         make = dict(preprocessing=prep, batch_size=batch_size, seed=seed, num_workers=num_workers)
         train = _GluonSplit("train", RecordImages(*paths["train"]), None, train_tf, shuffle=True,
@@ -553,7 +554,7 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_part
     info = dict(dataset="cifar10", class_names=list(CIFAR10_CLASSES), data_dir=os.path.abspath(data_dir),
                 layout="recordio", loader=loader,
                 val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop", num_parts=num_parts,
-                part_index=part_index)
+                part_index=part_index, train_records=total, train_fingerprint=fingerprint(rec, idx))
     return DataBundle(train, val, test, 10, prep, info)
 
 

@@ -13,6 +13,7 @@ held the magic word at a multiple of 4 bytes was split there into parts 1 (first
 ``uint32 flag, float32 label, uint64 id, uint64 id2``; with ``flag > 0`` that many float32 labels
 follow (the first is the class), then the encoded image.
 """
+import hashlib
 import os
 import struct
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from .images import decode_rgb
 
-__all__ = ["DataError", "CIFAR10_SPLIT_SEED", "heldout_indices", "read_index", "RecordFile", "folder_images"]
+__all__ = ["DataError", "CIFAR10_SPLIT_SEED", "heldout_indices", "read_index", "fingerprint", "RecordFile",
+           "folder_images"]
 
 # The CIFAR-10 hold-out depends on this constant only, not on the training seed, so that runs
 # with different seeds are validated on the same images.
@@ -71,6 +73,16 @@ def read_index(rec_path, idx_path=None):
     if not keys:
         raise DataError(f"{idx_path}: the index lists no records")
     return keys, offsets
+
+
+def fingerprint(rec_path, idx_path=None):
+    """A cheap identity of a RecordIO pair: sha256 of its index (every record's key and offset) and
+    of the .rec file's size. Another file, or one with a record added, removed or resized, differs."""
+    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
+    digest = hashlib.sha256(str(os.path.getsize(rec_path)).encode())
+    with open(idx_path, "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 class RecordFile:

@@ -39,8 +39,8 @@ import numpy as np
 from ._atomic import atomic_path
 
 __all__ = ["PackedFormatError", "PackedModel", "read_params", "write_params", "load_model", "save_model",
-           "check_replaceable", "recover", "scratch_directory", "check_preprocessing", "FORMAT_VERSION", "SYMBOL_FILE", "PARAMS_FILE",
-           "META_FILE"]
+           "check_replaceable", "recover", "scratch_directory", "check_preprocessing", "FORMAT_VERSION",
+           "SYMBOL_FILE", "PARAMS_FILE", "META_FILE"]
 
 FORMAT_VERSION = 1
 SYMBOL_FILE = "model-symbol.json"

@@ -12,12 +12,16 @@ import numpy as np
 from mxnet.gluon.data import Dataset
 from mxnet.gluon.data.vision import ImageFolderDataset
 
-from .datafiles import DataError, read_index
+from .datafiles import DataError, fingerprint, read_index
 
-__all__ = ["DataError", "RecordImages", "FolderImages", "check_recordio", "require_dir", "decode_error"]
+__all__ = ["DataError", "RecordImages", "FolderImages", "check_recordio", "require_dir", "decode_error",
+           "fingerprint"]
 
 
 def require_dir(path, what):
+    if os.path.isfile(path):
+        raise DataError(f"{path}: a file, but a directory is expected (the directory holding {what}: "
+                        f"{os.path.dirname(path) or '.'}?)")
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such directory (expected {what})")
 

@@ -56,7 +56,8 @@ from mxnet.gluon import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import distillation, models, optimizer_state, optimizers, precision  # noqa: F401  (optimizers registers 'radam')
+from . import distillation, models, optimizer_state, precision, run_checks
+from . import optimizers  # noqa: F401  (registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
 from .data import synthetic_batch
@@ -147,6 +148,7 @@ class Recipe:
                 raise ValueError("the step schedule needs lr_steps (epochs at which to decay)")
             if list(self.lr_steps) != sorted(set(self.lr_steps)) or not 0 < self.lr_steps[0]:
                 raise ValueError(f"lr_steps must be increasing positive epochs, got {self.lr_steps}")
+        run_checks.check_recipe_numbers(self)
 
     def lr_scheduler(self, steps_per_epoch):
         """The MXNet scheduler of this recipe, counting optimizer updates (steps)."""
@@ -178,9 +180,15 @@ def parse_ctx(spec):
     if kind != "gpu":
         raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}")
     try:
-        return [mx.gpu(int(i)) for i in (ids or "0").split(",")]
+        ctx = [mx.gpu(int(i)) for i in (ids or "0").split(",")]
     except ValueError:
         raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}") from None
+    gpus = mx.context.num_gpus()
+    absent = [c.device_id for c in ctx if not 0 <= c.device_id < gpus]
+    if absent:
+        raise ValueError(f"--ctx {spec}: " + ("this MXNet has no GPU support (or sees no GPU); use --ctx cpu"
+                                              if not gpus else f"there is no gpu {absent[0]} ({gpus} GPU(s))"))
+    return ctx
 
 
 # Whether this process is a worker of a distributed job (create_kvstore made a dist kvstore).
@@ -428,6 +436,7 @@ class Run:
         self.writer = self.rank == 0
         self.progress = progress and self.writer
         self.state_path = os.path.join(output_dir, STATE_FILE)
+        run_checks.check_output_dir(output_dir, STATE_FILE, resume)
         saved = self._read_state() if resume else None
         if not resume and os.path.exists(self.state_path):
             raise ResumeError(f"{output_dir} already holds a run ({STATE_FILE}); pass resume=True (--resume) to "
@@ -438,13 +447,19 @@ class Run:
         self.step = Step(self.forward, self.trainer, self.ctx, precision.input_dtype(recipe.dtype), scale,
                          teacher=teacher, loss_fn=loss_fn)
         self._handler = None
+        self.history, self.best, self.epoch = [], None, 0
         if self.writer:
-            os.makedirs(output_dir, exist_ok=True)
-            self._handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
+            try:
+                os.makedirs(output_dir, exist_ok=True)
+                self._handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
+                if not saved:  # from the start a run: --resume after an interrupted first epoch works
+                    self._write_state()
+            except OSError as err:
+                raise run_checks.RunCheckError(f"--output-dir {output_dir}: cannot write there ({err.strerror}: "
+                                               f"{err.filename})") from None
             self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             log.addHandler(self._handler)
         log.setLevel(logging.INFO)
-        self.history, self.best, self.epoch = [], None, 0
         if saved:
             self._restore(saved)
         elif self.writer:
@@ -466,6 +481,10 @@ class Run:
             raise ResumeError(f"{self.state_path}: not found, nothing to resume in {self.out}{shared}") from None
         except ValueError as err:
             raise ResumeError(f"{self.state_path}: not a valid run state ({err})") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("epoch"), int) or \
+                not isinstance(saved.get("history"), list):
+            raise ResumeError(f"{self.state_path}: not a bmx run state (no epoch and history)")
+        run_checks.check_same_data(saved.get("data"), run_checks.data_identity(self.data.info), self.out)
         before, now = _flatten(saved.get("config", {})), _flatten(json.loads(json.dumps(self.config)))
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if changed:
@@ -477,7 +496,11 @@ class Run:
     def _restore(self, saved):
         self.epoch, self.history, self.best = saved["epoch"], saved["history"], saved.get("best")
         if saved.get("params"):
-            self.net.load_parameters(os.path.join(self.out, saved["params"]), ctx=self.ctx)
+            path = os.path.join(self.out, saved["params"])
+            try:
+                self.net.load_parameters(path, ctx=self.ctx)
+            except (mx.MXNetError, AssertionError, ValueError, OSError) as err:
+                raise run_checks.checkpoint_error(path, err) from None
             if self.asynchronous:
                 # No saved state (it lived on the servers): restart the moments, but continue the
                 # schedule, which counts the servers' updates. The optimizer is sent to the
@@ -495,7 +518,7 @@ class Run:
                      best=self.best,
                      seed=self.recipe.seed, epoch_seeds=[_derived_seed(self.recipe.seed, 1, e)
                                                          for e in range(self.epoch)],
-                     config=self.config, history=self.history)
+                     config=self.config, history=self.history, data=run_checks.data_identity(self.data.info))
         if extra:
             state.update(extra)
         with atomic_path(self.state_path) as tmp, open(tmp, "w") as f:
@@ -546,8 +569,10 @@ class Run:
         start, teacher_before = time.perf_counter(), self.step.teacher_seconds
         bar = tqdm(split.batches(epoch), total=len(split), desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
                    unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
-        for data, label in bar:
+        for step, (data, label) in enumerate(bar, 1):
             scores.update(*self.step(data, label))
+            run_checks.check_loss(scores.loss.sum_metric, epoch + 1, step, len(split), self.out,
+                                  self._files(epoch)[0] if epoch else None)
             if bar.n % 10 == 0:
                 current = scores.get()
                 shown = dict(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")

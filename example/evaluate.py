@@ -14,6 +14,7 @@ images read with numpy and OpenCV (bmx.datafiles): that path needs no mxnet inst
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -101,7 +102,8 @@ def score_packed(model, path, indices, batch_size):
 
 
 def holdout(args, meta, count_records):
-    """The record indices of --holdout (None without it); count_records(path) checks the file."""
+    """The record indices of --holdout (None without it); count_records(path) checks the file and
+    counts its records, which must be the training file of the run (check_training_file)."""
     if not args.holdout:
         return None
     val_size = meta["data"].get("val_size")
@@ -110,7 +112,9 @@ def holdout(args, meta, count_records):
                          "(no val_size in model.json)")
     if os.path.isdir(args.data):
         raise ValueError("--holdout applies to RecordIO files only")
-    return datafiles.heldout_indices(count_records(args.data), val_size, meta["data"]["split_seed"])
+    total = count_records(args.data)
+    check_training_file(args.data, total, meta["data"], args.packed or args.model_dir)
+    return datafiles.heldout_indices(total, val_size, meta["data"]["split_seed"])
 
 
 def evaluate_model_dir(args):
@@ -129,6 +133,25 @@ def evaluate_model_dir(args):
         return training.evaluate(net, split, meta["classes"], ctx)
     except mx.MXNetError as err:
         raise ValueError(str(err)) from None
+
+
+def check_training_file(path, total, info, model_dir):
+    """--holdout: ``path`` must be the training file the run held its validation images out of (the
+    record count and fingerprint in model.json); a run that predates these records gets a warning."""
+    source = f"{os.path.join(model_dir, 'model.json')} (data.train_records, data.train_fingerprint)"
+    if info.get("train_records") is None:
+        if total <= info["val_size"]:
+            raise ValueError(f"{path}: {total} records, not more than the {info['val_size']} the run held out: "
+                             "not the file it was trained on")
+        print(f"evaluate.py: warning: {source} does not record the training file (a run of an older bmx): "
+              f"cannot check that {path} is the file the hold-out came from", file=sys.stderr)
+        return
+    if total != info["train_records"]:
+        raise ValueError(f"{path}: {total} records, but the run held out its validation images from a training file "
+                         f"of {info['train_records']} records ({source}): --holdout needs that file")
+    if info.get("train_fingerprint") not in (None, datafiles.fingerprint(path)):
+        raise ValueError(f"{path}: not the training file the run held out from (its fingerprint differs from "
+                         f"{source}): --holdout needs that file")
 
 
 def main(argv=None):
@@ -156,6 +179,9 @@ def main(argv=None):
             scores = score_packed(model, args.data, indices, args.batch_size)
         else:
             scores = evaluate_model_dir(args)
+        if not math.isfinite(scores["loss"]):
+            raise ValueError(f"{args.packed or args.model_dir}: the model's outputs on {args.data} are not finite "
+                             "(NaN or infinity), so its scores mean nothing")
     except ValueError as err:  # DataError, ModelFileError and PackedFormatError are ValueErrors
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2

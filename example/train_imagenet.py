@@ -21,6 +21,11 @@ with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) t
 bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
 time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
+--dtype bfloat16 (CPUs with AVX-512 BF16, e.g. AMD Zen 4, Intel Sapphire Rapids) runs convolutions and
+dense layers in bfloat16 with float32 weights, optimizer state and BatchNorm statistics (see
+bmx/precision.py); checkpoints, --resume and the exported model are float32 as without it. On a CPU
+without AVX-512 BF16 it stops with an error saying so.
+
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
 device (summed on the GPUs; faster with several GPUs); with one device neither is used.
 
@@ -53,7 +58,7 @@ import sys
 
 import bmx
 from bmx import data as bdata
-from bmx import distillation, precision, training
+from bmx import distillation, precision, run_checks, training
 
 # Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
 # CPU, where training runs at 1-3 images/s.
@@ -236,6 +241,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     benchmark = args.benchmark or args.data_dir is None
+    for name, low in (("benchmark_iters", 1), ("image_size", 1), ("classes", 1), ("val_size", 0),
+                      ("num_workers", 0), ("batch_size", 1), ("epochs", 1), ("bits", 1), ("bits_a", 1), ("seed", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     if not benchmark and not args.output_dir:
         parser.error("--output-dir is required to train (checkpoints, metrics and the exported model go there)")
     try:
@@ -246,7 +256,7 @@ def main(argv=None):
         if workers > 1:
             for handler in logging.getLogger().handlers:
                 handler.setFormatter(logging.Formatter(f"[worker {rank}] %(message)s"))
-        batch = args.batch_size or (BENCHMARK_BATCH if benchmark else TRAIN_BATCH)
+        batch = args.batch_size if args.batch_size is not None else (BENCHMARK_BATCH if benchmark else TRAIN_BATCH)
         recipe = training.Recipe(optimizer=args.optimizer, lr=args.lr, lr_mode=args.lr_mode, lr_steps=args.lr_steps,
                                  lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
@@ -277,11 +287,13 @@ def main(argv=None):
         return 2
     try:
         state = run.fit()
-    except bdata.DataError as err:  # a corrupt record met during training
+    except (bdata.DataError, run_checks.DivergedError) as err:  # a corrupt record, or a NaN loss
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted after epoch {run.epoch}; continue with the same command plus --resume", file=sys.stderr)
+        done = f"after epoch {run.epoch}" if run.epoch else "in epoch 1 (no epoch had finished)"
+        print(f"\ninterrupted {done}; the same command plus --resume continues from the last checkpoint"
+              + ("" if run.epoch else " (that is, starts epoch 1 again)"), file=sys.stderr)
         return 130
     if rank != 0:
         return 0

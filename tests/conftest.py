@@ -232,3 +232,14 @@ def block_forward_backward(block, x, head):
     grads = {name: p.grad().asnumpy() for name, p in block.collect_params().items()
              if p.grad_req != "null"}
     return y.asnumpy(), xa.grad.asnumpy(), grads
+
+
+def call_main(main, capsys, *args):
+    """(exit code, stdout, stderr) of a script's ``main(argv)`` run in this process; argparse's
+    errors (SystemExit) count as exit codes."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -112,14 +112,14 @@ def main(argv):
     kv = training.create_kvstore("dist_sync")
     if "--crash-in-step" in options and kv.rank == 1:
         crash_at = int(options[options.index("--crash-in-step") + 1])
-        step, calls = training._Step.__call__, []
+        step, calls = training.Step.__call__, []
 
         def crash(self, *args):
             calls.append(1)
             if len(calls) == crash_at:
                 raise RuntimeError("injected crash")
             return step(self, *args)
-        training._Step.__call__ = crash
+        training.Step.__call__ = crash
     run = train(kv, data_dir, out, resume="--resume" in options)
     run.net.save_parameters(os.path.join(os.path.dirname(out), f"rank{run.rank}.params"))
     return 0

@@ -16,6 +16,7 @@ import bmx
 from bmx import packed, runtime
 from bmx import nn as bnn
 from bmx import quantizers as Q
+from conftest import call_main as call_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "binarize_model.py")
@@ -40,12 +41,7 @@ def run_tool(*args):
 
 def call_main(capsys, *args):
     """(exit code, stdout, stderr) of the tool's main() run in this process."""
-    try:
-        code = tool.main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_script(tool.main, capsys, *args)
 
 
 def digest(directory):

@@ -344,6 +344,7 @@ def test_zoo_model_matches_original(name, tmp_path):
     out = str(tmp_path / "packed")
     report = convert.binarize(str(tmp_path), out, verify=True, input_size=32)
     binary_convs = [b for b in bnn.quantized_layers(net) if b.bits == 1]
+    assert len(report["layers"]) == len(binary_convs) > 0
     params = packed.load_model(out).params
     assert not {f"arg:{b.weight.name}" for b in binary_convs} & set(params)
     assert_packed_bits_are_signs(net, params)

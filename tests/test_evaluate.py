@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import bmx
-from bmx import datafiles, packed, runtime
+from bmx import data, datafiles, packed, runtime
+from conftest import call_main
 from test_data import write_recordio
 from test_training import TINY_KNOBS, load_script
 
@@ -39,12 +40,7 @@ def model_dir(tmp_path):
 
 
 def run(evaluate, capsys, *args):
-    try:
-        code = evaluate.main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_main(evaluate.main, capsys, *args)
 
 
 def test_a_valid_model_directory_is_scored(model_dir, evaluate, capsys):
@@ -97,6 +93,66 @@ def test_invalid_model_json_names_the_file_and_field(change, message, model_dir,
     assert code == 2 and f"evaluate.py: error: {out / 'model.json'}: {message}" in err
 
 
+@pytest.fixture
+def holdout_model(model_dir, tmp_path):
+    """model_dir's model, as if trained on train.rec (40 records) holding out 8 of them."""
+    out, _ = model_dir
+    train = write_recordio(str(tmp_path / "train"), 40, seed=5)
+    meta = json.loads((out / "model.json").read_text())
+    meta["data"] = dict(val_size=8, split_seed=0, train_records=40, train_fingerprint=data.fingerprint(train))
+    (out / "model.json").write_text(json.dumps(meta))
+    return out, train
+
+
+def test_holdout_scores_the_held_out_records_of_the_training_file(holdout_model, evaluate, capsys):
+    out, train = holdout_model
+    code, stdout, _ = run(evaluate, capsys, "--model-dir", out, "--data", train, "--holdout")
+    assert code == 0 and json.loads(stdout)["images"] == 8 and json.loads(stdout)["holdout"]
+
+
+def test_holdout_refuses_another_file(holdout_model, evaluate, capsys, tmp_path):
+    out, _ = holdout_model
+    smaller = write_recordio(str(tmp_path / "part"), 24, seed=5)
+    code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", smaller, "--holdout")
+    assert code == 2 and stdout == ""
+    assert f"{smaller}: 24 records, but the run held out its validation images from a training file of 40" in err
+    same_count = write_recordio(str(tmp_path / "other"), 40, seed=6)
+    code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", same_count, "--holdout")
+    assert code == 2 and stdout == "" and f"{same_count}: not the training file the run held out from" in err
+
+
+def test_holdout_of_an_older_run_warns_and_refuses_a_file_too_small(holdout_model, evaluate, capsys, tmp_path):
+    out, train = holdout_model
+    meta = json.loads((out / "model.json").read_text())
+    for key in ("train_records", "train_fingerprint"):
+        del meta["data"][key]
+    (out / "model.json").write_text(json.dumps(meta))
+    tiny = write_recordio(str(tmp_path / "tiny"), 6, seed=5)
+    code, _, err = run(evaluate, capsys, "--model-dir", out, "--data", tiny, "--holdout")
+    assert code == 2 and f"{tiny}: 6 records, not more than the 8 the run held out" in err
+    code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", train, "--holdout")
+    assert code == 0 and json.loads(stdout)["images"] == 8 and "does not record the training file" in err
+
+
+def test_the_shipped_model_records_its_training_file():
+    meta = json.loads(open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example",
+                                        "pretrained", "bdn28-cifar10", "model.json")).read())
+    assert meta["data"]["train_records"] == 50000 and len(meta["data"]["train_fingerprint"]) == 16
+    cifar = "/work/shared/data/cifar10/train.rec"
+    if os.path.exists(cifar):
+        assert data.fingerprint(cifar) == meta["data"]["train_fingerprint"]
+
+
+def test_non_finite_outputs_are_an_error_not_nan_in_the_json(model_dir, evaluate, capsys):
+    out, rec = model_dir
+    params = packed.read_params(out / "model-0000.params")
+    name = [k for k, a in params.items() if a.ndim == 2][-1]  # the classifier's weight
+    params[name] = np.full_like(params[name], 3e38)
+    packed.write_params(out / "model-0000.params", params)
+    code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", rec)
+    assert code == 2 and stdout == "" and f"{out}: the model's outputs on {rec} are not finite" in err
+
+
 # ----------------------------------------------------------------------------- --packed
 
 @pytest.fixture(scope="module")
@@ -117,7 +173,7 @@ def dataset(tmp_path_factory):
     return rec, str(directory / "folders")
 
 
-def mxnet_scores(data, indices=None):
+def mxnet_scores(path, indices=None):
     """The scores MXNet's pipeline gives the same packed model (the independent reference)."""
     from bmx import data as bdata
     from bmx import training
@@ -127,7 +183,7 @@ def mxnet_scores(data, indices=None):
     def net(x):
         return mx.nd.array(model(x.asnumpy()))
 
-    split = bdata.evaluation_split(data, bdata.Preprocessing.from_dict(model.meta["preprocessing"]), 5,
+    split = bdata.evaluation_split(path, bdata.Preprocessing.from_dict(model.meta["preprocessing"]), 5,
                                    indices=indices)
     return training.evaluate(net, split, model.meta["classes"])
 
@@ -160,7 +216,7 @@ def test_packed_holdout_scores_the_records_of_the_split(dataset, evaluate, tmp_p
     for name in os.listdir(MODEL):
         if name != "model.json":
             os.symlink(os.path.join(MODEL, name), model / name)
-    meta["data"]["val_size"] = 6
+    meta["data"].update(val_size=6, train_records=13, train_fingerprint=datafiles.fingerprint(rec))
     (model / "model.json").write_text(json.dumps(meta))
     code, out, err = run(evaluate, capsys, "--packed", model, "--data", rec, "--holdout")
     assert code == 0, err
