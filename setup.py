@@ -65,7 +65,8 @@ if MXNET is None:
 else:
     extensions.append(Extension(
         "bmx._native." + OPS_LIBRARY,
-        sources=[os.path.join(NATIVE_DIR, "ops.cc"), os.path.join(MXNET, "src", "lib_api.cc")],
+        sources=[os.path.join(NATIVE_DIR, "ops.cc"), os.path.join(NATIVE_DIR, "xnor_conv_op.cc"),
+                 os.path.join(MXNET, "src", "lib_api.cc")],
         depends=HEADERS,
         include_dirs=[NATIVE_DIR, os.path.join(MXNET, "include"), os.path.join(MXNET, "include", "mxnet")],
         define_macros=[("BMX_MXNET_VERSION", f'"{importlib.metadata.version("mxnet")}"')],

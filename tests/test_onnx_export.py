@@ -471,12 +471,12 @@ def test_the_comparison_catches_a_wrong_padding(tmp_path):
 
 @pytest.mark.parametrize("block, expected", [(None, "mxnet imported: False"), ("onnxruntime", "needs the onnx extra")])
 def test_export_needs_neither_mxnet_nor_pickle_and_names_a_missing_extra(block, expected, tmp_path):
-    """Run without MXNet (BMX_NO_MXNET=1): the packed model exports; a missing onnxruntime is explained."""
+    """A packed model exports without importing MXNet; a missing onnxruntime is explained."""
     script = (f"import sys; sys.modules['{block}'] = None\n" if block else "") + (
         "from bmx import onnx_export\n"
         f"onnx_export.export({SHIPPED!r}, {str(tmp_path / 'm.onnx')!r})\n"
         "print('mxnet imported:', 'mxnet' in sys.modules)\n")
-    env = dict(os.environ, BMX_NO_MXNET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", "import sys\n" + script], capture_output=True, text=True, env=env,
                          timeout=300)
     assert expected in out.stdout + out.stderr, out.stderr
