@@ -74,6 +74,10 @@ def main(argv=None):
     p.add_argument("dir", help="directory of the files listed above")
     p.add_argument("--evaluate", metavar="JSON", help="compare: the output of example/evaluate.py --packed here")
     args = p.parse_args(argv)
+    if args.action == "compare" and importlib.util.find_spec("mxnet") is not None:
+        print("packed_outputs: mxnet is installed here; compare runs in the runtime-only environment",
+              file=sys.stderr)
+        return 2
     watch = MxnetImports()
     sys.meta_path.insert(0, watch)
 
@@ -87,10 +91,6 @@ def main(argv=None):
         print(f"packed_outputs: wrote {logits.shape} logits of {args.model} (numpy {np.__version__}, "
               f"kernel {xnor.get_kernel()})")
         return 0
-    if importlib.util.find_spec("mxnet") is not None:
-        print("packed_outputs: mxnet is installed here; compare runs in the runtime-only environment",
-              file=sys.stderr)
-        return 2
     want = np.load(os.path.join(args.dir, "outputs.npy"))
     got = model(np.load(os.path.join(args.dir, "inputs.npy")))
     worst = float(np.max(np.abs(got - want)))
