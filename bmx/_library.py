@@ -7,7 +7,9 @@ import mxnet as mx
 LIBRARY_ENV = "BMX_OPS_LIBRARY"
 OPS_PREFIX = "bmx_"
 _DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "libbmx_ops.so")
-_INSTALL_HINT = "rebuild it by reinstalling bmx from its checkout: pip install -c constraints.txt -e ."
+# The operator library is compiled only when mxnet is importable at build time (setup.py).
+_INSTALL_HINT = ("rebuild it against the installed mxnet from bmx's checkout: "
+                 "pip install -c constraints.txt --no-build-isolation -e \".[train]\"")
 
 _loaded_path = None
 

@@ -17,7 +17,7 @@ cdef extern from "bitops.h" nogil:
     int bmx_pack_nchw(const float* x, size_t batch, size_t channels, size_t hw, size_t groups,
                       const int32_t* m, const float* u, uint64_t* out, int kernel, int threads)
 
-    int BMX_KERNEL_PORTABLE, BMX_KERNEL_AVX2, BMX_KERNEL_AVX512
+    int BMX_KERNEL_PORTABLE, BMX_KERNEL_AVX2, BMX_KERNEL_AVX512, BMX_KERNEL_NEON
     int bmx_kernel_available(int kernel)
     int bmx_kernel_best()
 
@@ -65,7 +65,7 @@ cdef extern from "floatops.h" nogil:
 cnp.import_array()
 
 KERNELS = {"portable": BMX_KERNEL_PORTABLE, "avx2": BMX_KERNEL_AVX2,
-           "avx512": BMX_KERNEL_AVX512}
+           "avx512": BMX_KERNEL_AVX512, "neon": BMX_KERNEL_NEON}
 
 
 def kernel_available(int kernel):

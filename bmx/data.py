@@ -62,6 +62,7 @@ from mxnet.gluon.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from . import memory_data
 from .images import CIFAR10_CLASSES, center_crop, resize, resize_short
+from .datafiles import CIFAR10_SPLIT_SEED, heldout_indices
 from .records import DataError, FolderImages, RecordImages, check_recordio, decode_error, fingerprint, require_dir
 
 __all__ = ["DataError", "Preprocessing", "Split", "DataBundle", "imagenet", "cifar10", "synthetic_batch",
@@ -75,9 +76,6 @@ IMAGENET_TRAIN_IMAGES = 1281167
 # Of the 50,000 JPEG-decoded training images (see the dataset's README).
 CIFAR10_MEAN = (125.27, 122.93, 113.86)
 CIFAR10_STD = (62.53, 61.91, 66.46)
-# The CIFAR-10 hold-out depends on this constant only, not on the training seed, so that runs
-# with different seeds are validated on the same images.
-CIFAR10_SPLIT_SEED = 0
 
 AUGMENTATIONS = ("resized-crop", "crop")
 LOADERS = ("record-iter", "gluon")
@@ -558,11 +556,6 @@ def cifar10(data_dir, batch_size, val_size=5000, seed=0, num_workers=0, num_part
                 val_size=val_size, split_seed=CIFAR10_SPLIT_SEED, augment="pad-crop", num_parts=num_parts,
                 part_index=part_index, train_records=total, train_fingerprint=fingerprint(rec, idx))
     return DataBundle(train, val, test, 10, prep, info)
-
-
-def heldout_indices(num_images, val_size, split_seed=CIFAR10_SPLIT_SEED):
-    """Record indices of the CIFAR-10 hold-out (what :func:`cifar10` validates on)."""
-    return np.sort(np.random.RandomState(split_seed).permutation(num_images)[:val_size])
 
 
 def evaluation_split(path, preprocessing, batch_size, indices=None, num_workers=0):

@@ -7,7 +7,7 @@ both.
 import cv2
 import numpy as np
 
-__all__ = ["CIFAR10_CLASSES", "read_rgb", "resize", "resize_short", "center_crop", "evaluation_input"]
+__all__ = ["CIFAR10_CLASSES", "read_rgb", "decode_rgb", "resize", "resize_short", "center_crop", "evaluation_input"]
 
 # CIFAR-10's label order (class id = index).
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -19,9 +19,14 @@ def read_rgb(path):
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ValueError(f"{path}: cannot read the image file ({err.strerror})") from None
+    return decode_rgb(data, path)
+
+
+def decode_rgb(data, name):
+    """Encoded image bytes (uint8 array: JPEG, PNG, ...) -> (H, W, 3) uint8 RGB; ValueError naming ``name``."""
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(f"{path}: not a readable image file")
+        raise ValueError(f"{name}: not a readable image file")
     return image[:, :, ::-1]
 
 

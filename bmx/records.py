@@ -3,7 +3,6 @@
 :class:`RecordImages` and :class:`FolderImages` are Gluon datasets of (HWC uint8 RGB array, label);
 :func:`check_recordio` validates a RecordIO pair before training starts.
 """
-import hashlib
 import os
 import struct
 
@@ -13,14 +12,10 @@ import numpy as np
 from mxnet.gluon.data import Dataset
 from mxnet.gluon.data.vision import ImageFolderDataset
 
+from .datafiles import DataError, fingerprint, read_index
+
 __all__ = ["DataError", "RecordImages", "FolderImages", "check_recordio", "require_dir", "decode_error",
            "fingerprint"]
-
-
-class DataError(ValueError):
-    """Missing, misplaced or corrupt data; the message names the path and what was expected."""
-
-
 
 
 def require_dir(path, what):
@@ -31,16 +26,6 @@ def require_dir(path, what):
         raise DataError(f"{path}: no such directory (expected {what})")
 
 
-def fingerprint(rec_path, idx_path=None):
-    """A cheap identity of a RecordIO pair: sha256 of its index (every record's key and offset) and
-    of the .rec file's size. Another file, or one with a record added, removed or resized, differs."""
-    idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
-    digest = hashlib.sha256(str(os.path.getsize(rec_path)).encode())
-    with open(idx_path, "rb") as f:
-        digest.update(f.read())
-    return digest.hexdigest()[:16]
-
-
 def check_recordio(rec_path, idx_path=None):
     """Checks a RecordIO pair before training starts; returns its number of records.
 
@@ -48,33 +33,9 @@ def check_recordio(rec_path, idx_path=None):
     first record must hold a decodable image. Raises :class:`DataError` naming the file otherwise.
     """
     idx_path = idx_path or os.path.splitext(rec_path)[0] + ".idx"
-    missing = [p for p in (rec_path, idx_path) if not os.path.isfile(p)]
-    if missing:
-        raise DataError(f"{' and '.join(missing)}: not found (expected a RecordIO pair "
-                        f"{os.path.basename(rec_path)} + {os.path.basename(idx_path)} in "
-                        f"{os.path.dirname(os.path.abspath(rec_path))})")
-    size = os.path.getsize(rec_path)
-    count = 0
-    with open(idx_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                int(fields[0])
-                offset = int(fields[1])
-            except ValueError:
-                raise DataError(f"{idx_path}: line {number} is not 'key<TAB>offset': {line.strip()[:80]!r}") from None
-            if not 0 <= offset < size:
-                raise DataError(f"{idx_path}: line {number} points to byte {offset}, outside {rec_path} "
-                                f"({size} bytes): the index does not belong to this .rec file")
-            count += 1
-    if not count:
-        raise DataError(f"{idx_path}: the index lists no records")
+    keys, _ = read_index(rec_path, idx_path)
     RecordImages(rec_path, idx_path)[0]
-    return count
+    return len(keys)
 
 
 def decode_error(err):

@@ -10,9 +10,10 @@ boundary, so a pixel holds ``groups * words_for_bits(C / groups)`` words.
 Packed weights (:class:`PackedWeights`) keep, per output channel, one packed row per kernel tap,
 ``(O, KH, KW, words_for_bits(C / groups))``, and the same rows re-laid for the kernels.
 
-The kernels (packing, xnor GEMM, convolution) come in three variants chosen at run time:
-``avx512`` (AVX-512 with VPOPCNTDQ), ``avx2`` and ``portable`` C, all giving identical results. The
-best one this CPU supports is used unless :func:`set_kernel` forces another. Each call runs on
+The kernels (packing, xnor GEMM, convolution) come in variants chosen at run time: ``avx512``
+(AVX-512 with VPOPCNTDQ) and ``avx2`` on x86-64, ``neon`` on AArch64, and ``portable`` C
+everywhere, all giving identical results (docs/deploy.md). The best one this CPU supports is used
+unless :func:`set_kernel` forces another. Each call runs on
 OpenMP threads: ``threads=None`` means :func:`default_threads` (``OMP_NUM_THREADS``, else one per
 core).
 """
@@ -26,7 +27,7 @@ __all__ = ["pack", "pack_channels", "unpack", "words_for_bits", "available_kerne
            "set_kernel", "default_threads", "PackedWeights", "pack_weights", "gemm", "conv2d",
            "bn_sign_thresholds"]
 
-_KERNEL_ORDER = ("avx512", "avx2", "portable")
+_KERNEL_ORDER = ("avx512", "avx2", "neon", "portable")
 _KERNEL_NAMES = {kernel_id: name for name, kernel_id in _xnor.KERNELS.items()}
 _forced_kernel = None
 # results and thresholds are int32, so a dot product must fit with room for "never" (2^31 - 1)
@@ -44,7 +45,7 @@ def available_kernels():
 
 
 def set_kernel(name):
-    """Forces a kernel variant ('avx512', 'avx2', 'portable'); None restores the automatic choice."""
+    """Forces a kernel variant ('avx512', 'avx2', 'neon', 'portable'); None restores the automatic choice."""
     global _forced_kernel
     if name is None:
         _forced_kernel = None

@@ -1,16 +1,23 @@
-"""example/evaluate.py: bad options, damaged model directories and invalid model.json are clear errors."""
+"""example/evaluate.py: bad options, damaged model directories and invalid model.json are clear errors;
+--packed scores with numpy only, as MXNet's evaluation pipeline does, and without mxnet importable."""
 import json
 import os
+import subprocess
+import sys
 
+import cv2
 import mxnet as mx
 import numpy as np
 import pytest
 
 import bmx
-from bmx import data, packed
+from bmx import data, datafiles, packed, runtime
 from conftest import call_main
 from test_data import write_recordio
 from test_training import TINY_KNOBS, load_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, "example", "pretrained", "bdn28-cifar10")
 
 PREP = {"image_size": 32, "mean": [120.0, 115.0, 100.0], "std": [60.0, 60.0, 60.0], "resize": 0}
 
@@ -144,3 +151,100 @@ def test_non_finite_outputs_are_an_error_not_nan_in_the_json(model_dir, evaluate
     packed.write_params(out / "model-0000.params", params)
     code, stdout, err = run(evaluate, capsys, "--model-dir", out, "--data", rec)
     assert code == 2 and stdout == "" and f"{out}: the model's outputs on {rec} are not finite" in err
+
+
+# ----------------------------------------------------------------------------- --packed
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """13 images larger than the model's 32x32 input (center-cropped), as a .rec file and as folders."""
+    directory = tmp_path_factory.mktemp("eval")
+    rng = np.random.RandomState(3)
+    rec, idx = str(directory / "d.rec"), str(directory / "d.idx")
+    writer = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
+    for i in range(13):
+        picture = rng.randint(0, 256, size=(36 + i % 2, 40, 3)).astype(np.uint8)
+        label = i % 10
+        writer.write_idx(i, mx.recordio.pack_img(mx.recordio.IRHeader(0, float(label), i, 0), picture,
+                                                 img_fmt=".png"))
+        os.makedirs(directory / "folders" / f"c{label}", exist_ok=True)
+        cv2.imwrite(str(directory / "folders" / f"c{label}" / f"{i}.png"), picture)
+    writer.close()
+    return rec, str(directory / "folders")
+
+
+def mxnet_scores(path, indices=None):
+    """The scores MXNet's pipeline gives the same packed model (the independent reference)."""
+    from bmx import data as bdata
+    from bmx import training
+
+    model = runtime.load(MODEL)
+
+    def net(x):
+        return mx.nd.array(model(x.asnumpy()))
+
+    split = bdata.evaluation_split(path, bdata.Preprocessing.from_dict(model.meta["preprocessing"]), 5,
+                                   indices=indices)
+    return training.evaluate(net, split, model.meta["classes"])
+
+
+def run_packed(evaluate, capsys, *args):
+    code, out, err = run(evaluate, capsys, "--packed", MODEL, *args)
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("source", ["rec", "folders"])
+def test_packed_scores_match_the_mxnet_pipeline(dataset, evaluate, capsys, source):
+    data = dataset[0] if source == "rec" else dataset[1]
+    got = run_packed(evaluate, capsys, "--data", data, "--batch-size", 4)
+    want = mxnet_scores(data)
+    assert got["images"] == want["images"] == 13
+    assert got["top1"] == pytest.approx(want["top1"], abs=1e-9)
+    assert got["top5"] == pytest.approx(want["top5"], abs=1e-9)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert got["packed"] is True
+
+
+def test_packed_holdout_scores_the_records_of_the_split(dataset, evaluate, tmp_path, capsys):
+    rec, _ = dataset
+    meta = runtime.load(MODEL).meta
+    indices = datafiles.heldout_indices(13, 6, meta["data"]["split_seed"])
+    # the shipped model's val_size is larger than this file: a copy with a smaller one
+    model = tmp_path / "model"
+    os.makedirs(model)
+    for name in os.listdir(MODEL):
+        if name != "model.json":
+            os.symlink(os.path.join(MODEL, name), model / name)
+    meta["data"].update(val_size=6, train_records=13, train_fingerprint=datafiles.fingerprint(rec))
+    (model / "model.json").write_text(json.dumps(meta))
+    code, out, err = run(evaluate, capsys, "--packed", model, "--data", rec, "--holdout")
+    assert code == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
+    want = mxnet_scores(rec, indices)
+    assert got["images"] == 6 and got["holdout"] is True
+    assert got["top1"] == pytest.approx(want["top1"], abs=1e-9)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_packed_evaluation_needs_no_mxnet(dataset):
+    # None in sys.modules makes every `import mxnet` fail, whoever tries it
+    code = ("import sys, runpy; sys.modules['mxnet'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "example", "evaluate.py"),
+                          "--packed", MODEL, "--data", dataset[0]], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["images"] == 13
+
+
+def test_packed_data_errors_are_named(dataset, evaluate, tmp_path, capsys):
+    code, _, err = run(evaluate, capsys, "--packed", MODEL, "--data", tmp_path / "none.rec")
+    assert code == 2 and "none.rec" in err
+    code, _, err = run(evaluate, capsys, "--packed", MODEL, "--data", dataset[1], "--holdout")
+    assert code == 2 and "--holdout applies to RecordIO files only" in err
+    picture = np.zeros((32, 32, 3), np.uint8)
+    for label in range(11):  # one class folder more than the model has classes
+        os.makedirs(tmp_path / "eleven" / f"k{label:02d}")
+        cv2.imwrite(str(tmp_path / "eleven" / f"k{label:02d}" / "a.png"), picture)
+    code, _, err = run(evaluate, capsys, "--packed", MODEL, "--data", tmp_path / "eleven")
+    assert code == 2 and "eleven: label 10 is outside the model's 10 classes" in err

@@ -159,7 +159,8 @@ def test_pack_rejects_bad_input():
 
 
 def test_kernel_selection():
-    assert "portable" in KERNELS and KERNELS == [k for k in ("avx512", "avx2", "portable") if k in KERNELS]
+    assert "portable" in KERNELS
+    assert KERNELS == [k for k in ("avx512", "avx2", "neon", "portable") if k in KERNELS]
     assert xnor.get_kernel() == KERNELS[0]
     with pytest.raises(ValueError, match="unknown kernel"):
         xnor.set_kernel("sse9")

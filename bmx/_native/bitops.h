@@ -11,9 +11,10 @@
  *     n - 2 * popcount(a XOR b)
  * because padding bits are 0 in both operands and never contribute to the XOR.
  *
- * Kernels come in three variants chosen at run time, never at build time, so one
- * binary runs on any x86-64: AVX-512 with VPOPCNTDQ, AVX2, and portable C (the
- * only one on other architectures); all give identical results. Entry points:
+ * Kernels come in variants chosen at run time, never at build time, so one
+ * binary runs on any x86-64: AVX-512 with VPOPCNTDQ, AVX2, and portable C; on
+ * AArch64, NEON (bitops_neon.h) and portable C; elsewhere portable C only. All
+ * give identical results. Entry points:
  * bmx_kernel_best / bmx_kernel_available, bmx_pack_rows / bmx_pack_nchw (sign +
  * pack; for NCHW optionally behind a per-channel affine threshold, a BatchNorm
  * folded in), bmx_xnor_pack_panels (weights), bmx_xnor_gemm, bmx_xnor_conv
@@ -32,6 +33,14 @@
 #if defined(__x86_64__) || defined(__i386__)
 #define BMX_X86 1
 #include <immintrin.h>
+#endif
+
+#if defined(__aarch64__)
+#define BMX_NEON 1
+#include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
 #endif
 
 #ifdef _OPENMP
@@ -71,7 +80,7 @@ static inline void bmx_pack_row_f32(const float* src, size_t n, uint64_t* dst) {
 /* Kernel selection                                                           */
 /* ------------------------------------------------------------------------- */
 
-enum { BMX_KERNEL_PORTABLE = 0, BMX_KERNEL_AVX2 = 1, BMX_KERNEL_AVX512 = 2 };
+enum { BMX_KERNEL_PORTABLE = 0, BMX_KERNEL_AVX2 = 1, BMX_KERNEL_AVX512 = 2, BMX_KERNEL_NEON = 3 };
 
 /* Whether this CPU (and OS: libgcc checks the XSAVE state) can run a kernel variant. */
 static inline int bmx_kernel_available(int kernel) {
@@ -87,6 +96,14 @@ static inline int bmx_kernel_available(int kernel) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq");
 #endif
+#ifdef BMX_NEON
+    case BMX_KERNEL_NEON:
+#if defined(__linux__) && defined(HWCAP_ASIMD)
+      return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
+#else
+      return 1; /* part of the AArch64 base ISA elsewhere (e.g. Apple silicon) */
+#endif
+#endif
     default:
       return 0;
   }
@@ -95,6 +112,7 @@ static inline int bmx_kernel_available(int kernel) {
 static inline int bmx_kernel_best(void) {
   if (bmx_kernel_available(BMX_KERNEL_AVX512)) return BMX_KERNEL_AVX512;
   if (bmx_kernel_available(BMX_KERNEL_AVX2)) return BMX_KERNEL_AVX2;
+  if (bmx_kernel_available(BMX_KERNEL_NEON)) return BMX_KERNEL_NEON;
   return BMX_KERNEL_PORTABLE;
 }
 
@@ -491,8 +509,6 @@ static inline BMX_AVX2_TARGET void bmx_store_nchw_avx2(const int32_t* c, size_t 
 }
 #endif
 
-#undef BMX_STORE_BY_IMAGE
-
 /* ------------------------------------------------------------------------- */
 /* Sign + pack of float tensors, vectorised (same bits as bmx_pack_row_f32)   */
 /* ------------------------------------------------------------------------- */
@@ -695,6 +711,10 @@ static inline BMX_AVX512_TARGET void bmx_pack_pixels_avx512(const float* src, si
 }
 #endif
 
+#include "bitops_neon.h"
+
+#undef BMX_STORE_BY_IMAGE
+
 typedef void (*bmx_pack_row_fn)(const float* src, size_t n, uint64_t* dst);
 typedef void (*bmx_pack_pixels_fn)(const float* src, size_t channels, size_t hw, size_t p0,
                                    size_t count, const bmx_affine* a, uint64_t* dst,
@@ -720,9 +740,11 @@ static inline void bmx_pack_rows(const float* x, size_t rows, size_t n, uint64_t
 #ifdef BMX_X86
   if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_row_avx512;
   if (kernel == BMX_KERNEL_AVX2) pack = bmx_pack_row_avx2;
-#else
-  (void)kernel;
 #endif
+#ifdef BMX_NEON
+  if (kernel == BMX_KERNEL_NEON) pack = bmx_pack_row_neon;
+#endif
+  (void)kernel;
   const size_t words = bmx_words_for_bits(n);
   const int team = bmx_team_size(threads);
   (void)team;
@@ -745,9 +767,11 @@ static inline int bmx_pack_nchw(const float* x, size_t batch, size_t channels, s
 #ifdef BMX_X86
   if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_pixels_avx512;
   if (kernel == BMX_KERNEL_AVX2) pack = bmx_pack_pixels_avx2;
-#else
-  (void)kernel;
 #endif
+#ifdef BMX_NEON
+  if (kernel == BMX_KERNEL_NEON) pack = bmx_pack_pixels_neon;
+#endif
+  (void)kernel;
   const size_t cg = channels / groups, gw = bmx_words_for_bits(cg), pixel_words = groups * gw;
   const size_t blocks = (hw + 63) / 64, tasks = batch * groups * blocks;
   const int affine = m != NULL;
@@ -858,9 +882,17 @@ static inline bmx_conv_plan bmx_plan_for(int kernel) {
     plan.mr = BMX_MR_AVX2;
     plan.cols = BMX_COLS_AVX2;
   }
-#else
-  (void)kernel;
 #endif
+#ifdef BMX_NEON
+  if (kernel == BMX_KERNEL_NEON) {
+    plan.kernel = bmx_mk_neon;
+    plan.threshold = bmx_threshold_pack_neon;
+    plan.store = bmx_store_nchw_neon;
+    plan.mr = BMX_MR_NEON;
+    plan.cols = BMX_COLS_NEON;
+  }
+#endif
+  (void)kernel;
   return plan;
 }
 
