@@ -42,7 +42,8 @@ MXNET_VERSION = importlib.metadata.version("mxnet")
 
 ops_library = Extension(
     "bmx._native." + OPS_LIBRARY,
-    sources=[os.path.join(NATIVE_DIR, "ops.cc"), os.path.join(MXNET, "src", "lib_api.cc")],
+    sources=[os.path.join(NATIVE_DIR, "ops.cc"), os.path.join(NATIVE_DIR, "xnor_conv_op.cc"),
+             os.path.join(MXNET, "src", "lib_api.cc")],
     include_dirs=[NATIVE_DIR, os.path.join(MXNET, "include"), os.path.join(MXNET, "include", "mxnet")],
     define_macros=[("BMX_MXNET_VERSION", f'"{MXNET_VERSION}"')],
     extra_compile_args=["-std=c++17", "-O3"] + OPENMP,
@@ -75,5 +76,5 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"onnx": ["onnx", "onnxruntime"], "test": ["pytest", "onnx", "onnxruntime"]},
 )

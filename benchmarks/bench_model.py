@@ -13,6 +13,8 @@ one process, alternating round by round so that background load hits every candi
 * ``packed_mxnet``: the packed model in MXNet (SymbolBlock.imports; bmx_xnor_conv2d), hybridized.
 * ``packed_runtime``: the packed model in bmx.runtime (numpy + the xnor kernels, no MXNet).
 * ``exported``: the binary model as trained (float convolutions of signs) in MXNet.
+* ``onnx``: the same model exported by bmx.onnx_export (+-1 float weights) in ONNX Runtime, with
+  ``--threads`` intra-op threads (left out, with a note, if the onnx extra is not installed).
 
 Reported per batch size: the median milliseconds per forward pass of each, and speedup =
 float_ms / packed_ms with the faster packed path. The Amdahl limit is the speedup if the binary
@@ -91,6 +93,17 @@ def build(args, tmp):
 
     candidates = {"float": in_mxnet(twin), "packed_mxnet": in_mxnet(packed_mx), "packed_runtime": model,
                   "exported": in_mxnet(exported)}
+    try:
+        import onnxruntime as ort
+        from bmx import onnx_export
+    except ImportError as err:
+        print(f"no onnx column: {err} (pip install -e \".[onnx]\")", file=sys.stderr)
+    else:
+        onnx_export.export(tmp, os.path.join(tmp, "model.onnx"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+        session = ort.InferenceSession(os.path.join(tmp, "model.onnx"), options, providers=["CPUExecutionProvider"])
+        candidates["onnx"] = lambda x: session.run(None, {"data": x})
     return candidates, summary
 
 
@@ -130,18 +143,19 @@ def main(argv=None):
     first = batches[args.batch[0]]
     result = dict(model=args.model, input_size=args.size, threads=args.threads, cpu=cpu_model(),
                   batch=args.batch[0], packed_ms=first["packed_ms"], float_ms=first["float"],
-                  speedup=first["speedup"], amdahl_limit=amdahl, float_macs=summary.float_macs,
-                  binary_macs=summary.binary_macs, batches=batches)
+                  speedup=first["speedup"], onnx_ms=first.get("onnx"), amdahl_limit=amdahl,
+                  float_macs=summary.float_macs, binary_macs=summary.binary_macs, batches=batches)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{args.model} at {args.size}x{args.size}, {args.threads} thread(s), {result['cpu']}")
     print(f"float MACs {summary.float_macs / 1e6:.0f}M, binary MACs {summary.binary_macs / 1e6:.0f}M: "
           f"Amdahl limit {amdahl:.1f}x (binary layers free, time proportional to MACs)")
-    print(f"{'batch':>5} {'float ms':>10} {'packed mxnet':>13} {'packed runtime':>15} {'exported':>10} {'speedup':>8}")
+    print(f"{'batch':>5} {'float ms':>10} {'packed mxnet':>13} {'packed runtime':>15} {'exported':>10} "
+          f"{'onnx':>8} {'speedup':>8}")
     for batch, r in batches.items():
         print(f"{batch:>5} {r['float']:>10.2f} {r['packed_mxnet']:>13.2f} {r['packed_runtime']:>15.2f} "
-              f"{r['exported']:>10.2f} {r['speedup']:>7.2f}x")
+              f"{r['exported']:>10.2f} {r.get('onnx', float('nan')):>8.2f} {r['speedup']:>7.2f}x")
     return 0
 
 

@@ -6,7 +6,7 @@
 
 For each M x K x N (K counted in bits) it reports binary GOPS (binary multiply-accumulates per
 second: M * N * K / time), the percentage of the binary peak (2.9 TOPS per core, the figure of
-/work/shared/REFERENCE.md; thread count x that), and the speed ratio to float32 GEMM of the same
+docs/published.md; thread count x that), and the speed ratio to float32 GEMM of the same
 shape through MXNet FullyConnected (oneDNN) and through numpy (its BLAS), all measured in the same
 run. Weights are prepared once (xnor.pack_weights, like float weights that already sit in memory);
 activations are already packed. ``pack_us`` is what packing the float activations would add.

@@ -1,62 +1,77 @@
 """bmx: binary neural networks for MXNet Gluon.
 
-Importing bmx loads its native operator library into MXNet (``bmx_det_sign``, ``bmx_approx_sign``,
-``bmx_weight_sign``, ``bmx_quantize_act``, ``bmx_quantize_weight``, ``bmx_xnor_conv2d``) and
-registers the ``'radam'`` optimizer; models exported from bmx can then be loaded with
-``mx.gluon.SymbolBlock.imports`` or :func:`bmx.imports`.
+Two towers (docs/architecture.md). The deployment tower needs only numpy and bmx's compiled
+extension: :mod:`bmx.xnor` (bit kernels), :mod:`bmx.packed` (the packed model format),
+:mod:`bmx.runtime` (runs a packed model) and :mod:`bmx.symbol_json`. Importing bmx, or any of
+those, never imports mxnet.
 
-The deployment parts need only numpy and bmx's compiled extension: :mod:`bmx.xnor` (bit kernels),
-:mod:`bmx.packed` (the packed model format) and :mod:`bmx.runtime` (runs a packed model). Where
-mxnet cannot be imported, or with the environment variable ``BMX_NO_MXNET=1``, ``import bmx``
-gives only those and never imports mxnet; the training parts (``bmx.models``, ``bmx.nn``,
-``bmx.export``, ...) then raise ImportError when used.
+The training tower's names (``bmx.nn``, ``bmx.models``, ``bmx.quantizers``, ``bmx.config``,
+``bmx.optimizers``, ``bmx.binary_layer_config``, ``bmx.current_config``, ``bmx.export``,
+``bmx.imports``, ``bmx.ModelFileError``, ``bmx.summary``, ``bmx.load_library``) load on first
+use (PEP 562): the first one imports mxnet, loads bmx's native operator library into it
+(``bmx_det_sign``, ``bmx_approx_sign``, ``bmx_weight_sign``, ``bmx_quantize_act``,
+``bmx_quantize_weight``, ``bmx_xnor_conv2d``; importing :mod:`bmx.quantizers`, and so the
+layers and models, directly does too) and registers the ``'radam'`` optimizer
+(:mod:`bmx.optimizers`). Models exported from bmx load with :func:`bmx.imports`, or with
+``mx.gluon.SymbolBlock.imports`` once a training name was used (e.g. :func:`bmx.load_library`).
+Where mxnet cannot be imported, using a training name raises ImportError saying so.
 """
-import os as _os
+import importlib as _importlib
+import importlib.util as _importlib_util
+import sys as _sys
+import types as _types
 
 __version__ = "0.1.0"
 
-NO_MXNET_ENV = "BMX_NO_MXNET"
+# The training tower's names: module, or (module, attribute).
+_TRAINING = {"config": "config", "models": "models", "nn": "nn", "optimizers": "optimizers",
+             "quantizers": "quantizers", "binary_layer_config": ("config", "binary_layer_config"),
+             "current_config": ("config", "current_config"), "export": ("model_io", "export"),
+             "imports": ("model_io", "imports"), "ModelFileError": ("model_io", "ModelFileError"),
+             "summary": ("summary", "summary"), "load_library": ("_library", "load")}
+_DEPLOYMENT = ("packed", "runtime", "symbol_json", "xnor")
+__all__ = list(_TRAINING) + list(_DEPLOYMENT)
 
-# The training tower's names (they need mxnet).
-_TRAINING = ("binary_layer_config", "current_config", "config", "export", "imports", "ModelFileError", "models",
-             "nn", "optimizers", "quantizers", "summary")
-_DEPLOYMENT = ("packed", "runtime", "xnor")
-__all__ = list(_TRAINING + _DEPLOYMENT)
 
-if _os.environ.get("DMLC_ROLE") in ("server", "scheduler"):
-    # A parameter-server process of a distributed job (bmx.distributed): `import mxnet` runs the
-    # role's loop inside itself and the process ends there. The only bmx code it may run is an
-    # optimizer that a dist_async server unpickles, importing bmx.optimizers while mxnet is still
-    # half imported, when neither the operator library nor the layers could load.
-    pass
-else:
-    from . import packed, runtime, xnor  # noqa: E402  (numpy and the compiled extension only)
+class _Package(_types.ModuleType):
+    """Keeps ``bmx.summary`` the function: the import system binds a submodule to its package's
+    attribute when it first loads it, which would make it the module bmx.summary instead."""
 
-    _no_mxnet = None  # why the training tower is unavailable, or None
-    if _os.environ.get(NO_MXNET_ENV, "") not in ("", "0"):
-        _no_mxnet = f"{NO_MXNET_ENV} is set"
-    else:
-        try:
-            import mxnet as _mxnet  # noqa: F401
-        except (ImportError, OSError) as _err:  # OSError: libmxnet.so or one of its libraries fails to load
-            _no_mxnet = f"mxnet cannot be imported ({type(_err).__name__}: {_err})"
+    def __setattr__(self, name, value):
+        if name == "summary" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
 
-    if _no_mxnet is None:
-        from . import _library
 
-        _library.load()
+_sys.modules[__name__].__class__ = _Package
 
-        from . import config, models, nn, optimizers, quantizers  # noqa: E402
-        from .config import binary_layer_config, current_config  # noqa: E402
-        from .model_io import ModelFileError, export, imports  # noqa: E402
-        from .summary import summary  # noqa: E402
-    else:
-        __all__ = list(_DEPLOYMENT)
 
-        def __getattr__(name):
-            """The training parts need mxnet: say so when one is used (PEP 562)."""
-            if name in _TRAINING:
-                raise ImportError(f"bmx.{name} needs mxnet, but {_no_mxnet}; without mxnet bmx offers only "
-                                  "bmx.xnor, bmx.packed and bmx.runtime (install mxnet 1.9.1 for training)",
-                                  name="mxnet")
-            raise AttributeError(f"module 'bmx' has no attribute {name!r}")
+def _load(name):
+    """The training name ``name``: imports mxnet (here, so that its absence gets a clear message),
+    loads the operator library into it and registers RAdam (as ``import bmx`` did when it imported
+    mxnet eagerly), then imports the module that defines the name."""
+    try:
+        import mxnet  # noqa: F401
+    except (ImportError, OSError) as err:  # OSError: libmxnet.so or one of its libraries fails to load
+        raise ImportError(f"bmx.{name} needs mxnet, but mxnet cannot be imported ({type(err).__name__}: {err}); "
+                          "without mxnet bmx offers only bmx.xnor, bmx.packed and bmx.runtime (install mxnet "
+                          "1.9.1 for training)", name="mxnet") from None
+    from . import _library
+
+    _library.load()
+    _importlib.import_module(f"{__name__}.optimizers")
+    target = _TRAINING[name]
+    module, attribute = (target, None) if isinstance(target, str) else target
+    value = _importlib.import_module(f"{__name__}.{module}")
+    return value if attribute is None else getattr(value, attribute)
+
+
+def __getattr__(name):
+    """The training names, loaded on first use (PEP 562); any submodule (``bmx.runtime``, ``bmx.data``)
+    is imported when first used as an attribute."""
+    if name not in _TRAINING:
+        if not name.startswith("__") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
+            return _importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = _load(name)
+    return value

@@ -7,7 +7,11 @@ Contexts nest (inner values override outer ones) and are per thread.
 Fields:
     bits: weight bits, 1 (sign) or 2..8 (DoReFa).
     bits_a: activation bits, 1 (sign) or 2..8 (uniform k-bit).
-    clip_threshold: t_clip of the clipped straight-through estimator (``det_sign`` only), >= 0.
+    clip_threshold: t_clip of the clipped straight-through estimator (``det_sign`` only), finite,
+        >= 0, default 1.0.
+
+Each quantizer setting's default and validator are :mod:`bmx.quantizer_math`'s; this module adds
+the rules of their combinations.
     activation: ``'det_sign'`` or ``'approx_sign'`` for 1-bit activations, ``'round'`` for k-bit;
         None picks the default for ``bits_a``.
     weight_quantization: ``'det_sign'`` for 1-bit weights, ``'dorefa'`` for k-bit;
@@ -21,9 +25,9 @@ silently replaced.
 """
 import contextlib
 import dataclasses
-import math
-import numbers
 import threading
+
+from .quantizer_math import CLIP_THRESHOLD, check_clip_threshold, check_layer_bits
 
 __all__ = ["BinaryLayerConfig", "binary_layer_config", "current_config", "resolve"]
 
@@ -37,7 +41,7 @@ WEIGHT_QUANTIZATIONS_KBIT = ("dorefa",)
 class BinaryLayerConfig:
     bits: int = 1
     bits_a: int = 1
-    clip_threshold: float = 1.0
+    clip_threshold: float = CLIP_THRESHOLD
     activation: str = None
     weight_quantization: str = None
     pad_value: float = -1
@@ -45,12 +49,8 @@ class BinaryLayerConfig:
 
     def __post_init__(self):
         for name in ("bits", "bits_a"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= 8:
-                raise ValueError(f"{name} must be an integer in 1..8, got {value!r}")
-        t = self.clip_threshold
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (t >= 0 and math.isfinite(t)):
-            raise ValueError(f"clip_threshold must be a finite number >= 0, got {t!r}")
+            check_layer_bits(getattr(self, name), name)
+        check_clip_threshold(self.clip_threshold)
         allowed_act = ACTIVATIONS_1BIT if self.bits_a == 1 else ACTIVATIONS_KBIT
         if self.activation is None:
             object.__setattr__(self, "activation", allowed_act[0])

@@ -1,10 +1,9 @@
 """Export a Gluon net to symbol JSON + params without a dummy forward, and import it back."""
-import json
 import os
 
 import mxnet as mx
 
-from . import _library, packed
+from . import _library, packed, symbol_json
 from ._atomic import atomic_path
 
 __all__ = ["export", "imports", "ModelFileError"]
@@ -85,15 +84,8 @@ def export(net, path, epoch=0, input_shape=None, input_name="data"):
 
 def required_operators(symbol_file):
     """The bmx operators a symbol JSON uses (read as JSON: nothing in the file is executed)."""
-    try:
-        with open(symbol_file) as f:
-            graph = json.load(f)
-        nodes = graph["nodes"]
-    except FileNotFoundError:
-        raise ModelFileError(f"{symbol_file}: no such symbol file") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise ModelFileError(f"{symbol_file}: not an MXNet symbol JSON ({err})") from None
-    return sorted({n["op"] for n in nodes if str(n.get("op", "")).startswith(_library.OPS_PREFIX)})
+    nodes, _, _ = symbol_json.load(symbol_file, ModelFileError)
+    return sorted({n.op for n in nodes if n.op.startswith(_library.OPS_PREFIX)})
 
 
 def imports(symbol_file, param_file=None, input_names=("data",), ctx=None):
@@ -101,6 +93,7 @@ def imports(symbol_file, param_file=None, input_names=("data",), ctx=None):
 
     A file MXNet cannot load is a ModelFileError or PackedFormatError (both ValueErrors) naming it.
     """
+    _library.load()
     missing = [op for op in required_operators(symbol_file) if not _library.is_registered(op)]
     if missing:
         raise ModelFileError(

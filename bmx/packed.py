@@ -1,7 +1,7 @@
 """The packed model format: MXNet's files, read and written with numpy alone (no mxnet, no pickle).
 
 A packed model is a directory laid out like a ``example/train_imagenet.py`` output, so that both
-:func:`bmx.runtime.load` and MXNet (``SymbolBlock.imports`` after ``import bmx``) load it:
+:func:`bmx.runtime.load` and MXNet (``SymbolBlock.imports`` after ``bmx.load_library()``) load it:
 
 * ``model-symbol.json``: the MXNet symbol JSON (standard MXNet ops and bmx ops);
 * ``model-0000.params``: an MXNet NDArray-list file with the keys ``arg:NAME`` / ``aux:NAME``;

@@ -16,11 +16,16 @@ Sign convention everywhere: ``sign(x) = +1 if x >= 0 else -1`` (``sign(0) = +1``
 ``mx.nd.sign``.
 """
 import contextlib
-import math
-import numbers
 import threading
 
 import mxnet as mx
+
+from . import _library
+from .quantizer_math import CLIP_THRESHOLD, check_clip_threshold, check_kbit
+
+# The native backend calls the operator library's ops: whoever imports the quantizers (the layers,
+# the models) can use them.
+_library.load()
 
 __all__ = ["det_sign", "approx_sign", "weight_sign", "quantize_activation", "dorefa_weight",
            "set_backend", "get_backend", "use_backend", "BACKENDS"]
@@ -73,20 +78,6 @@ def _module_and_backend(x):
     return F, backend
 
 
-def _check_threshold(clip_threshold):
-    valid = (isinstance(clip_threshold, numbers.Real) and not isinstance(clip_threshold, bool)
-             and math.isfinite(clip_threshold) and clip_threshold >= 0)
-    if not valid:
-        raise ValueError(f"clip_threshold must be a finite number >= 0, got {clip_threshold!r}")
-    return float(clip_threshold)
-
-
-def _check_bits(bits):
-    if not isinstance(bits, numbers.Integral) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8 for a k-bit quantizer, got {bits!r}")
-    return int(bits)
-
-
 def _straight_through(F, value, surrogate):
     """Forward: value exactly. Backward: the gradient of surrogate."""
     return value + (surrogate - F.BlockGrad(surrogate))
@@ -102,7 +93,7 @@ def _inside(F, x, mask):
     return F.where(mask, x, F.zeros_like(x))
 
 
-def det_sign(x, clip_threshold=1.0, zero_one=False):
+def det_sign(x, clip_threshold=CLIP_THRESHOLD, zero_one=False):
     r"""Deterministic sign with the clipped straight-through estimator (activations).
 
     Forward:  :math:`q(x) = +1` if :math:`x \ge 0` else :math:`-1`.
@@ -121,7 +112,7 @@ def det_sign(x, clip_threshold=1.0, zero_one=False):
         Same type, shape and dtype as x, entries in {-1, +1} (or {0, 1}).
     """
     F, backend = _module_and_backend(x)
-    clip_threshold = _check_threshold(clip_threshold)
+    clip_threshold = check_clip_threshold(clip_threshold)
     if backend == "native":
         return F.bmx_det_sign(x, clip_threshold=clip_threshold, zero_one=int(bool(zero_one)))
     passed = _inside(F, x, F.abs(x) <= clip_threshold)
@@ -187,7 +178,7 @@ def quantize_activation(x, bits):
         Same shape and dtype, values in {0, 1/(2^k-1), ..., 1}.
     """
     F, backend = _module_and_backend(x)
-    bits = _check_bits(bits)
+    bits = check_kbit(bits)
     if backend == "native":
         return F.bmx_quantize_act(x, bits=bits)
     levels = float(2 ** bits - 1)
@@ -216,7 +207,7 @@ def dorefa_weight(x, bits):
         Same shape and dtype, values in {-1, -1 + 2/(2^k-1), ..., 1}.
     """
     F, backend = _module_and_backend(x)
-    bits = _check_bits(bits)
+    bits = check_kbit(bits)
     if backend == "native":
         return F.bmx_quantize_weight(x, bits=bits)
     levels = float(2 ** bits - 1)

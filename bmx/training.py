@@ -48,9 +48,9 @@ import random
 import sys
 import time
 
-import matplotlib
 import mxnet as mx
 import numpy as np
+from matplotlib.figure import Figure
 from mxnet import gluon
 from mxnet.gluon import nn
 from tqdm import tqdm
@@ -63,9 +63,6 @@ from .config import binary_layer_config
 from .data import synthetic_batch
 from .model_io import export
 from .steps import Scores, Step, evaluate
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 __all__ = ["Recipe", "Run", "ResumeError", "build_model", "initializer", "no_weight_decay", "evaluate",
            "benchmark", "parse_ctx", "create_kvstore", "exit_process", "OPTIMIZERS", "LR_MODES", "INITIALIZATIONS",
@@ -650,7 +647,8 @@ def _plot_curves(history, path):
     def series(key):
         return [np.nan if r[key] is None else r[key] for r in history]
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))  # not pyplot: no backend or global figure list to touch
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, series("train_loss"), "o-", label="train")
     axes[0].plot(epochs, series("val_loss"), "o-", label="val")
     axes[0].set_title("loss")
@@ -668,4 +666,3 @@ def _plot_curves(history, path):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)

@@ -69,8 +69,8 @@ def _kernel_id():
 def default_threads():
     """Threads a kernel uses when none are given: ``OMP_NUM_THREADS`` if set, else one per usable core.
 
-    Read here instead of asking OpenMP, because importing mxnet (which ``import bmx`` does) sets the
-    main thread's OpenMP default to 1, which would silently make every kernel single-threaded.
+    Read here instead of asking OpenMP, because importing mxnet (which bmx's training names do) sets
+    the main thread's OpenMP default to 1, which would silently make every kernel single-threaded.
     """
     setting = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if setting.isdigit() and int(setting) > 0:
@@ -402,3 +402,30 @@ def bn_sign_thresholds(gamma, beta, mean, var, eps=1e-5):
     thr = np.where(gamma == 0, np.where(beta >= 0, 0.0, 1.0), np.clip(thr, -limit, limit))
     return sgn, thr.astype(np.int32)
 
+
+# ---------------------------------------------------------------- float kernels (floatops.h)
+# The runtime's float steps: the callers (bmx.runtime's ops) have validated shapes and layouts at
+# load time, so these only pass the arrays through to the compiled module, once per step.
+
+
+def has_direct_float_conv():
+    """Whether the direct float convolution has a vectorized variant here (AVX2 / AVX-512); the
+    portable one is slower than im2col and BLAS, so callers fall back to those."""
+    return get_kernel() != "portable"
+
+
+def float_conv2d(x, weight_t, bias, out, kernel, stride, padding, dilation, threads):
+    """out (N, O, OH, OW) = the float convolution of x (N, C, H, W, C-contiguous float32) with
+    ``weight_t`` (groups, C / groups * KH * KW, O / groups), the weight transposed per group, plus
+    ``bias`` (O,) or None. The (OH, OW) planes of ``out`` must be contiguous."""
+    _xnor.conv_f32(x, weight_t, bias, out, kernel, stride, padding, dilation, _kernel_id(), threads)
+
+
+def float_max_pool(x, out, kernel, stride, padding, scale, shift, relu, threads):
+    """out (N, C, OH, OW) = MXNet's max pooling of x (N, C, H, W), then ``* scale + shift`` per
+    channel (each (C,) float32 or None) and ReLU if ``relu``. The (H, W) planes of x and the
+    (OH, OW) planes of out must be contiguous; batch and channel strides are free."""
+    _xnor.max_pool(x, out, kernel, stride, padding, scale, shift, relu, threads)
+
+
+__all__ += ["has_direct_float_conv", "float_conv2d", "float_max_pool"]

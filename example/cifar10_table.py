@@ -11,7 +11,6 @@ After the main binary run has finished, its exported model is packed with
 ``tools/binarize_model.py`` into ``example/pretrained/`` and the packed model is evaluated on the
 held-out images with ``example/evaluate.py --packed``.
 """
-import collections
 import csv
 import json
 import math
@@ -21,63 +20,14 @@ import sys
 
 from runs import read_state, shell
 
+from bmx.recipes import CIFAR10_FLAGS, CIFAR10_GROUPS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# The recipe of REFERENCE.md's later ImageNet runs (RAdam, cosine decay to 0, t_clip 1.3) with the
-# CIFAR stem (a stride-2 3x3 conv) and the usual CIFAR augmentation (pad 4, random crop, flip).
-RECIPE = ("--dataset", "cifar10", "--stem", "cifar", "--optimizer", "radam", "--lr", "0.002", "--lr-mode", "cosine",
-          "--batch-size", "64", "--num-workers", "1")
-
-Run = collections.namedtuple("Run", "name label model flags epochs")
-Group = collections.namedtuple("Group", "key title minutes runs question")
-
-# BinaryDenseNet-28's layout at half width: a quarter of the compute, so an ablation run gets 8
-# epochs inside its 30 minutes.
-_HALF = ("--growth-rate", "32", "--init-features", "32")
-_CLIP_BASE = Run("bdn28h-clip1.3", "t_clip = 1.3", "binary_densenet28", _HALF + ("--clip-threshold", "1.3"), 8)
-# The poster's block patterns with the growth rates halved (its 16 x 128 is 16 x 64 here).
-_P16 = Run("poster-16x64", "16 x 64, binary downsampling", "bdn_poster_16x128", ("--growth-rate", "64"), 8)
-_BOTTLENECK = Run("bdn28h-bottleneck", "bottleneck 2 x growth, 8 epochs (same epochs, over the time cap)",
-                  "binary_densenet28", _CLIP_BASE.flags + ("--bottleneck", "2"), 8)
-
-GROUPS = (
-    Group("main", "BinaryDenseNet-28 (cifar stem) and its full-precision twin", 120, (
-        Run("bdn28-binary", "BinaryDenseNet-28, binary", "binary_densenet28", ("--clip-threshold", "1.3"), 12),
-        Run("bdn28-float", "BinaryDenseNet-28, full-precision twin", "binary_densenet28", ("--float",), 12),
-    ), "How close does the binary network come to its float twin with the same budget?"),
-    Group("clip", "Gradient clipping threshold t_clip of the sign's straight-through estimator "
-          "(BinaryDenseNet-28 at half width)", 30, (
-        Run("bdn28h-clip0.5", "t_clip = 0.5", "binary_densenet28", _HALF + ("--clip-threshold", "0.5"), 8),
-        Run("bdn28h-clip1.0", "t_clip = 1.0", "binary_densenet28", _HALF + ("--clip-threshold", "1.0"), 8),
-        _CLIP_BASE,
-        Run("bdn28h-clip2.0", "t_clip = 2.0", "binary_densenet28", _HALF + ("--clip-threshold", "2.0"), 8),
-        Run("bdn28h-clip1.3-seed1", "t_clip = 1.3, second seed (noise estimate)", "binary_densenet28",
-            _HALF + ("--clip-threshold", "1.3", "--seed", "1"), 8),
-    ), "Paper: t_clip = 1.3 works best on ImageNet; 0.5 clips too many gradients."),
-    Group("downsampling", "Binary vs full-precision downsampling (the poster's transitions, growth halved)", 30, (
-        _P16,
-        Run("poster-16x64-fpds", "16 x 64, full-precision downsampling", "bdn_poster_16x128_fpds",
-            ("--growth-rate", "64"), 8),
-    ), "Paper: full-precision transitions (with ReLU) gain about 3 points at a small size cost."),
-    Group("connections", "More, smaller dense blocks: 8 x 128 vs 16 x 64 vs 32 x 32 (the poster's 8x256 / "
-          "16x128 / 32x64 with growth halved)", 30, (
-        Run("poster-8x128", "8 x 128", "bdn_poster_8x256", ("--growth-rate", "128"), 8),
-        _P16._replace(label="16 x 64"),
-        Run("poster-32x32", "32 x 32", "bdn_poster_32x64", ("--growth-rate", "32"), 8),
-    ), "Paper: more connections (more, narrower layers) are better: 50.2 / 52.7 / 54.3 top-1 on ImageNet."),
-    # A 2 x growth bottleneck keeps the size comparable (0.47 vs 0.51 MB). Its extra 1x1 convolution
-    # made 8 epochs take 32.5 minutes on the measured machine, over the cap, so the run that
-    # respects the 30 minutes has 7 epochs; the 8-epoch run stays as the same-epochs comparison.
-    Group("bottleneck", "Bottleneck vs none (BinaryDenseNet-28 at half width; 1x1 binary bottleneck of "
-          "2 x growth channels)", 30, (
-        _CLIP_BASE._replace(label="no bottleneck"),
-        _BOTTLENECK._replace(name="bdn28h-bottleneck-7ep", label="bottleneck 2 x growth, 7 epochs", epochs=7),
-        _BOTTLENECK,
-    ), "Paper: a binary bottleneck squeezes information through few binary channels and costs accuracy. "
-       "The bottleneck's extra 1x1 convolution is slower per epoch, so 8 epochs overrun the 30 minutes; "
-       "the 7-epoch run is the comparison at the same time budget."),
-)
+# The runs and their shared flags are data in bmx.recipes (with the published ImageNet recipes).
+RECIPE = CIFAR10_FLAGS
+GROUPS = CIFAR10_GROUPS
 
 PRETRAINED = os.path.join("example", "pretrained", "bdn28-cifar10")
 RESULTS = os.path.join(ROOT, "docs", "results")
@@ -185,7 +135,7 @@ def _median(values):
 def _size_mb(r):
     """Model size by bmx.summary (1 bit per binary weight) at 32x32 with 10 classes."""
     import bmx
-    from bmx import training
+    from bmx import training  # here: it imports mxnet, which --dry-run does without
 
     knobs, flags = {"stem": "cifar"}, list(r.flags)
     for flag, key, kind in (("--growth-rate", "growth_rate", int), ("--init-features", "init_features", int),
@@ -297,11 +247,10 @@ def update_reproduce_doc(records, path):
 
 
 def _plot(group, records, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no backend or global figure list to touch
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for r in group.runs:
         curve = records[r.name]["curve"]
         if curve:
@@ -315,7 +264,6 @@ def _plot(group, records, path):
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=100)
-    plt.close(fig)
     os.replace(path + ".tmp.png", path)
 
 

@@ -23,7 +23,6 @@ CPU (fixed epoch budgets, RUNS/cifar10/<run>), which then pack the main model in
 example/pretrained/ and write docs/results/cifar10.md, .csv and accuracy-curve plots.
 """
 import argparse
-import collections
 import csv
 import os
 import shlex
@@ -33,65 +32,12 @@ import sys
 import cifar10_table
 from runs import read_state, shell
 
+from bmx.recipes import IMAGENET_RECIPES, PUBLISHED, TABLES
+
 TRAIN = "example/train_imagenet.py"  # as shown (run from the repository root); executed by absolute path
 
-# REFERENCE.md section 4: the recipes the published numbers were trained with. The paper-era
-# papers give "Adam, lr 0.001, x0.1 steps, 40-60 epochs"; the exact epochs (40, decays at 30 and
-# 38) are this project's choice within that range.
-RECIPES = {
-    "paper": ["--optimizer", "adam", "--lr", "0.001", "--lr-mode", "step", "--lr-steps", "30,38", "--epochs", "40",
-              "--clip-threshold", "1.0", "--augment", "crop"],
-    "later": ["--optimizer", "radam", "--lr", "0.002", "--lr-mode", "cosine", "--epochs", "120",
-              "--clip-threshold", "1.3", "--augment", "resized-crop"],
-}
-
-Row = collections.namedtuple("Row", "label model stem recipe flags top1 top5")
-
-
-def row(label, model, recipe, top1, top5=None, stem="imagenet", flags=()):
-    return Row(label, model, stem, recipe, tuple(flags), top1, top5)
-
-
-# Rows of the seed poster's tables and of REFERENCE.md section 4 (published top-1/top-5 in %).
-TABLES = {
-    "poster-blocks": ("Poster, table 1: more, smaller dense blocks (binary 1x1 transitions + avg pool, "
-                      "reduction 1/1.4/1.4)", [
-        row("8 blocks of 256", "bdn_poster_8x256", "paper", 50.2, 73.7),
-        row("16 blocks of 128", "bdn_poster_16x128", "paper", 52.7, 75.7),
-        row("32 blocks of 64", "bdn_poster_32x64", "paper", 54.3, 77.3),
-    ]),
-    "poster-downsampling": ("Poster, table 2: binary vs full-precision downsampling", [
-        row("16 x 128, binary transition, reduction 1/1.4/1.4", "bdn_poster_16x128", "paper", 52.7, 75.7),
-        row("16 x 128, FP transition + ReLU, reduction 2/2/2", "bdn_poster_16x128_fpds", "paper", 55.9, 78.5),
-        row("32 x 64, binary transition, reduction 1/1.4/1.4", "bdn_poster_32x64", "paper", 54.3, 77.3),
-        row("32 x 64, FP transition + ReLU, reduction 2/2/2", "bdn_poster_32x64_fpds", "paper", 57.1, 80.0),
-    ]),
-    "paper": ("Poster, table 3 / REFERENCE section 4, paper recipe (Adam, step schedule)", [
-        row("ResNetE-18", "binary_resnet_e18", "paper", 58.1, 80.6),
-        row("BinaryDenseNet-28", "binary_densenet28", "paper", 60.7, 82.4),
-        row("BinaryDenseNet-37", "binary_densenet37", "paper", 62.5, 83.9),
-        row("BinaryDenseNet-37 dilated", "binary_densenet37_dilated", "paper", 63.7, 84.7),
-    ]),
-    "later": ("REFERENCE section 4, later recipe (RAdam, cosine, 120 epochs)", [
-        row("ResNetE-18", "binary_resnet_e18", "later", 60.0, 81.9),
-        row("BinaryDenseNet-28", "binary_densenet28", "later", 61.7, 83.3),
-        row("BinaryDenseNet-28, grouped stem", "binary_densenet28", "later", 62.6, 84.0, stem="grouped"),
-        row("BinaryDenseNet-37", "binary_densenet37", "later", 63.3, 84.4),
-        row("BinaryDenseNet-37, grouped stem", "binary_densenet37", "later", 64.2, 85.1, stem="grouped"),
-        row("MeliusNet-22, grouped stem", "meliusnet22", "later", 63.6, stem="grouped"),
-        row("MeliusNet-29, grouped stem", "meliusnet29", "later", 65.8, stem="grouped"),
-        row("MeliusNet-42, grouped stem", "meliusnet42", "later", 69.2, stem="grouped"),
-        row("MeliusNet-59, grouped stem", "meliusnet59", "later", 70.7, stem="grouped"),
-    ]),
-    "resnete-ablation": ("REFERENCE sections 1 and 4: ResNetE-18 ablations (top-1 only published; their "
-                         "schedule is not given, the paper recipe is used)", [
-        row("full-precision downsampling shortcut (plain)", "binary_resnet_e18", "paper", 56.7),
-        row("binary downsampling shortcut", "binary_resnet_e18", "paper", 54.4,
-            flags=("--downsample", "avg_pool,bin_conv,bn")),
-        row("scaling factors (mean abs W)", "binary_resnet_e18", "paper", 55.6, flags=("--apply-scaling",)),
-        row("ApproxSign activation", "binary_resnet_e18", "paper", 56.6, flags=("--activation", "approx_sign")),
-    ]),
-}
+# The recipes and the published tables are data in bmx.recipes.
+RECIPES = {name: recipe.flags() for name, recipe in IMAGENET_RECIPES.items()}
 
 # Flags that identify a run (beyond model, stem, recipe) -> short tag in its directory name.
 _FLAG_TAGS = {"--downsample": "binds", "--apply-scaling": "scaled", "--activation": "approxsign"}
@@ -113,7 +59,7 @@ def command(r, data_dir, runs_dir, ctx, batch_size, extra=()):
 def model_size(r):
     """Size in MB (binary weights 1 bit) of the row's model at 224x224, by bmx.summary."""
     import bmx
-    from bmx import training
+    from bmx import training  # here: it imports mxnet, which --list and --dry-run do without
 
     options = {}
     if "--downsample" in r.flags:
@@ -126,9 +72,7 @@ def model_size(r):
 
 
 def published_size(r):
-    """The size REFERENCE.md gives for the row's model (sections 2-3), if any."""
-    from bmx.models import PUBLISHED
-
+    """The published size of the row's model (bmx.recipes.PUBLISHED), if any."""
     return None if r.flags else PUBLISHED.get((r.model, r.stem), {}).get("size_mb")
 
 
@@ -146,7 +90,7 @@ def markdown(names, data_dir, runs_dir, ctx, batch_size):
     for name in names:
         title, rows = TABLES[name]
         lines += [f"### `{name}`: {title}", "",
-                  "| row | model | stem | recipe | size MB (bmx.summary) | size MB (REFERENCE) | "
+                  "| row | model | stem | recipe | size MB (bmx.summary) | size MB (published) | "
                   "published top-1 / top-5 |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:

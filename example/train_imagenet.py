@@ -21,6 +21,11 @@ with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) t
 bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
 time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
+--dtype bfloat16 (CPUs with AVX-512 BF16, e.g. AMD Zen 4, Intel Sapphire Rapids) runs convolutions and
+dense layers in bfloat16 with float32 weights, optimizer state and BatchNorm statistics (see
+bmx/precision.py); checkpoints, --resume and the exported model are float32 as without it. On a CPU
+without AVX-512 BF16 it stops with an error saying so.
+
 --kv-store says how the gradients of several devices are combined: local (summed on the CPU),
 device (summed on the GPUs; faster with several GPUs); with one device neither is used.
 
@@ -54,6 +59,8 @@ import sys
 import bmx
 from bmx import data as bdata
 from bmx import distillation, precision, run_checks, training
+from bmx.quantizer_math import check_clip_threshold
+from bmx.recipes import DEFAULT_RECIPE
 
 # Keeps the default benchmark (binary_densenet28, 224x224, 2 + 20 steps) under a minute on a 2-core
 # CPU, where training runs at 1-3 images/s.
@@ -78,6 +85,13 @@ def _list(kind):
     return parse
 
 
+def _clip_threshold(text):
+    try:
+        return check_clip_threshold(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
@@ -92,7 +106,7 @@ def build_parser():
     g.add_argument("--benchmark-iters", type=int, default=20, help="timed steps of --benchmark (default 20, "
                    "after 2 untimed warm-up steps)")
     g.add_argument("--image-size", type=int, help="input side (default 224; CIFAR-10 is always 32)")
-    g.add_argument("--augment", choices=bdata.AUGMENTATIONS, default="resized-crop",
+    g.add_argument("--augment", choices=bdata.AUGMENTATIONS, default=DEFAULT_RECIPE.augment,
                    help="imagenet training augmentation: resized-crop (area 8-100%%, aspect 3/4-4/3, flip; "
                    "later recipe) or crop (resize 256, random 224 crop, flip; paper recipe). "
                    "CIFAR-10 always uses pad 4 + random crop + flip.")
@@ -115,7 +129,7 @@ def build_parser():
                    help="default: the model's ('imagenet'), 'cifar' for --dataset cifar10")
     g.add_argument("--float", dest="binary", action="store_false",
                    help="train the full-precision twin (ReLU and plain convs in place of sign and binary convs)")
-    g.add_argument("--clip-threshold", type=float, default=1.3,
+    g.add_argument("--clip-threshold", type=_clip_threshold, default=DEFAULT_RECIPE.clip_threshold,
                    help="t_clip of the sign's straight-through estimator (1.3 later recipe, 1.0 paper)")
     g.add_argument("--initialization", choices=training.INITIALIZATIONS, default="he",
                    help="he: Gaussian, fan-in, magnitude 2 (published); xavier: uniform, average, magnitude 3")
@@ -129,13 +143,14 @@ def build_parser():
                        help=f"model knob {name} ({'comma-separated ' + kind if isinstance(kind, str) else 'value'})")
 
     g = p.add_argument_group("recipe")
-    g.add_argument("--optimizer", choices=training.OPTIMIZERS, default="radam")
-    g.add_argument("--lr", type=float, default=0.002, help="base learning rate for the total batch (default 0.002)")
-    g.add_argument("--lr-mode", choices=training.LR_MODES, default="cosine")
+    g.add_argument("--optimizer", choices=training.OPTIMIZERS, default=DEFAULT_RECIPE.optimizer)
+    g.add_argument("--lr", type=float, default=DEFAULT_RECIPE.lr,
+                   help="base learning rate for the total batch (default %(default)s)")
+    g.add_argument("--lr-mode", choices=training.LR_MODES, default=DEFAULT_RECIPE.lr_mode)
     g.add_argument("--lr-steps", type=_list("floats"), default=(), help="step mode: epochs to decay at, e.g. 30,38")
     g.add_argument("--lr-factor", type=float, default=0.1, help="step mode: decay factor (default 0.1)")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warmup from 0 (default 0)")
-    g.add_argument("--epochs", type=int, default=120)
+    g.add_argument("--epochs", type=int, default=DEFAULT_RECIPE.epochs)
     g.add_argument("--batch-size", type=int, help=f"images per device (default {TRAIN_BATCH}; "
                    f"{BENCHMARK_BATCH} with --benchmark)")
     g.add_argument("--wd", type=float, default=0.0, help="weight decay (never on BatchNorm or binary weights)")

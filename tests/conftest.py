@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import bmx  # noqa: F401  (loads the operator library)
+import bmx  # noqa: F401  (bmx.quantizers, below, loads the operator library)
 from bmx import quantizers
 
 # The example scripts import their sibling modules (reproduce.py imports cifar10_table.py), as they do

@@ -17,6 +17,7 @@ import bmx
 from bmx import convert, packed, runtime
 from bmx.packed import PackedFormatError
 from bmx import nn as bnn
+from bmx.convert.verify import _check_path
 from bmx import quantizers as Q
 from conftest import pad_nchw, ref_conv2d, ref_dorefa, ref_sign
 
@@ -437,7 +438,7 @@ def test_rounding_flips_are_excused_only_near_a_jump():
     inputs = [rng.standard_normal((2, 3, 4, 4)).astype(F32), rng.uniform(0, 1, (2, 3, 4, 4)).astype(F32)]
 
     def check(got_outputs, got_inputs):
-        return convert._check_path("p", outputs + inputs, got_outputs + got_inputs, points, 1e-3, 1e-3, 1e-4)
+        return _check_path("p", outputs + inputs, got_outputs + got_inputs, points, 1e-3, 1e-3, 1e-4)
 
     assert check(outputs, inputs) == (0.0, 0)
     changed = [outputs[0].copy()]
@@ -558,7 +559,7 @@ def test_binarize_writes_nothing_when_verification_fails(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise convert.VerificationError("layer x differs")
 
-    monkeypatch.setattr(convert, "verify_packed", fail)
+    monkeypatch.setattr(convert.pipeline, "verify_packed", fail)
     out = tmp_path / "packed"
     with pytest.raises(convert.VerificationError, match="layer x differs"):
         convert.binarize(files, str(out), verify=True)

@@ -79,7 +79,7 @@ FAKE_LIBRARY = 'const char* bmx_built_for_mxnet(void) { return "1.5.0"; }\n'
 
 
 def test_import_bmx_fails_clearly_in_a_fresh_process(tmp_path):
-    """`import bmx` raises ImportError naming the path (missing library) or both versions (library
+    """`bmx.load_library()` (what the training names call) raises ImportError naming the path (missing library) or both versions (library
     built for another mxnet), and succeeds once BMX_OPS_LIBRARY points at the real library."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler to build a library stamped with another mxnet version")
@@ -95,6 +95,7 @@ def test_import_bmx_fails_clearly_in_a_fresh_process(tmp_path):
             os.environ["BMX_OPS_LIBRARY"] = path
             try:
                 import bmx
+                bmx.load_library()
             except ImportError as err:
                 print("IMPORT-ERROR", type(err).__name__, err)
             else:
@@ -118,7 +119,7 @@ def _op_threads_in_subprocess(omp_num_threads):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if omp_num_threads is not None:
         env["OMP_NUM_THREADS"] = omp_num_threads
-    code = ("import ctypes, bmx; "
+    code = ("import ctypes, bmx; bmx.load_library(); "
             "print(ctypes.CDLL(bmx._library.library_path()).bmx_op_threads())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -59,7 +59,7 @@ def test_unknown_name_lists_close_matches():
 
 
 @pytest.mark.parametrize("name, stages", [
-    # stage outputs: 64 + n*64, then round(C / r / 32) * 32 at each transition (REFERENCE.md 2)
+    # stage outputs: 64 + n*64, then round(C / r / 32) * 32 at each transition (docs/published.md, section 2)
     ("binary_densenet28", [448, 544, 576, 576]),     # 448/2.7 -> 160, 544/2.7 -> 192, 576/2.2 -> 256
     ("binary_densenet37", [448, 640, 960, 640]),     # 448/3.3 -> 128, 640/3.3 -> 192, 960/4 -> 256
     ("binary_densenet37_dilated", [448, 640, 960, 640]),

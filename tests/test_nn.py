@@ -535,3 +535,28 @@ def test_quantized_layers_lists_them_in_order():
     assert [type(layer).__name__ for layer in found] == ["QConv2D", "QDense"]
     assert found[0] is net[0].qconv and found[1] is net[3]
 
+
+
+def test_binary_convolution_resolves_its_configuration_once(monkeypatch):
+    from bmx.nn import _common
+    calls = []
+    real = _common.resolve
+
+    def counting(**options):
+        calls.append(options)
+        return real(**options)
+    monkeypatch.setattr(_common, "resolve", counting)
+    with bmx.binary_layer_config(clip_threshold=1.3, bits_a=1):
+        layer = bnn.BinaryConvolution(8, 3, padding=1, in_channels=4, apply_scaling=True)
+    assert len(calls) == 1
+    assert layer.qact.config is layer.qconv.config is layer.config
+    assert (layer.config.clip_threshold, layer.config.apply_scaling) == (1.3, True)
+
+
+def test_a_given_config_excludes_the_arguments_it_replaces():
+    config = bmx.config.BinaryLayerConfig(bits_a=2)
+    assert bnn.QActivation(config=config).bits == 2
+    with pytest.raises(TypeError, match=r"QActivation '.*': pass config or bits, method, not both"):
+        bnn.QActivation(bits=1, method="det_sign", config=config)
+    with pytest.raises(TypeError, match="config must be a BinaryLayerConfig, got dict"):
+        bnn.QConv2D(4, 3, config={"bits": 1})

@@ -1,5 +1,5 @@
 """bmx.summary and tools/model_summary.py: the published size and operation columns, hand counts,
-and the counting rules (REFERENCE.md section 3)."""
+and the counting rules (docs/published.md, section 3)."""
 import importlib.util
 import json
 import os
@@ -17,7 +17,7 @@ from bmx.nn import BinaryConvolution, QDense
 MB = 2 ** 20
 CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "model_summary.py")
 
-# REFERENCE.md sections 2 and 3 (the poster's table for the bdn_poster rows).
+# docs/published.md, sections 2 and 3 (the poster's table for the bdn_poster rows).
 PUBLISHED_SIZE_MB = {
     "binary_resnet_e18": 4.00, "binary_densenet28": 4.04, "binary_densenet37": 5.13, "binary_densenet45": 7.35,
     "meliusnet22": 3.89, "meliusnet29": 5.08, "bdn_poster_8x256": 3.31, "bdn_poster_16x128": 3.39,

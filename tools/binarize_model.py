@@ -9,8 +9,8 @@
 PREFIX names PREFIX-symbol.json and PREFIX-NNNN.params (bmx.export; the newest epoch unless --epoch);
 a directory means DIR/model, with DIR/model.json as metadata. OUT is a directory (model-symbol.json,
 model-0000.params, model.json) that bmx.runtime.load(OUT) runs without MXNet and that
-mx.gluon.SymbolBlock.imports runs after `import bmx`; its missing parents are created. --force
-replaces only a packed model, never another directory. The conversion rules are in bmx/convert.py.
+mx.gluon.SymbolBlock.imports runs after `bmx.load_library()`; its missing parents are created. --force
+replaces only a packed model, never another directory. The conversion rules are in bmx/convert/.
 
 Temporary files live in a hidden scratch directory beside OUT, removed on every exit (SIGTERM and
 SIGHUP included); one left by a killed run is removed, and a replace it interrupted is finished or

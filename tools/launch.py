@@ -12,7 +12,6 @@ is gone kills every process that carries this launch's mark in its environment (
 whatever they start, e.g. the python processes of a ``bash -c "python ..."`` wrapper). A process
 that clears its environment escapes the mark.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -53,18 +52,12 @@ for _ in range(100):
     time.sleep(0.02)
 """
 
-
-def _load_launcher():
-    """bmx/distributed.py on its own, without running bmx/__init__.py: that imports mxnet, which
-    takes seconds and would turn this process into a parameter server if DMLC_ROLE were set here."""
-    package = importlib.util.find_spec("bmx")
-    if package is None:
-        sys.exit("launch.py: bmx is not installed (pip install -e . in the repository)")
-    path = os.path.join(package.submodule_search_locations[0], "distributed.py")
-    spec = importlib.util.spec_from_file_location("bmx_distributed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+try:
+    from bmx import distributed  # standard library only: this process never imports mxnet
+except ModuleNotFoundError as err:
+    if err.name != "bmx":
+        raise
+    sys.exit("launch.py: bmx is not installed (pip install -e . in the repository)")
 
 
 def start_guard():
@@ -83,7 +76,6 @@ def start_guard():
 
 
 if __name__ == "__main__":
-    launcher = _load_launcher()
     # held until exit: closing the guard's stdin (as garbage collection would) tells it the launcher is gone
     guard = start_guard()
-    sys.exit(launcher.main())
+    sys.exit(distributed.main())

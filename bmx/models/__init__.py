@@ -8,6 +8,7 @@ parameter shapes are known at construction.
 """
 import difflib
 
+from ..recipes import PUBLISHED  # published sizes and operation counts live with the recipes
 from . import common, densenet, meliusnet, resnet_e
 from .densenet import BinaryDenseNet
 from .meliusnet import MeliusNet
@@ -25,24 +26,6 @@ _ALIASES = {"binary_densenet": "binary_densenet28"}
 
 # A variant's channel rule is either a reduction factor or explicit widths; giving one replaces the other.
 _EXCLUSIVE = {"reduction": "transition_channels", "transition_channels": "reduction"}
-
-# Published numbers (REFERENCE.md sections 2-3), per (model, stem), at 224x224 and 1000 classes.
-PUBLISHED = {
-    ("binary_resnet_e18", "imagenet"): dict(size_mb=4.00, size_mb_fp32=44.59),
-    ("binary_densenet28", "imagenet"): dict(size_mb=4.04, ops=2.58e8, binary_macs=3.59e9),
-    ("binary_densenet28", "grouped"): dict(ops=2.09e8),
-    ("binary_densenet37", "imagenet"): dict(size_mb=5.13, ops=2.70e8, binary_macs=4.51e9),
-    ("binary_densenet37", "grouped"): dict(ops=2.20e8),
-    ("binary_densenet45", "imagenet"): dict(size_mb=7.35, binary_macs=6.43e9),
-    ("meliusnet22", "imagenet"): dict(size_mb=3.89),
-    ("meliusnet29", "imagenet"): dict(size_mb=5.08),
-    ("bdn_poster_8x256", "imagenet"): dict(size_mb=3.31),
-    ("bdn_poster_16x128", "imagenet"): dict(size_mb=3.39),
-    ("bdn_poster_32x64", "imagenet"): dict(size_mb=3.45),
-    ("bdn_poster_16x128_fpds", "imagenet"): dict(size_mb=3.03),
-    ("bdn_poster_32x64_fpds", "imagenet"): dict(size_mb=3.08),
-}
-
 
 def list_models():
     """The zoo's model names: BinaryDenseNets, the poster's rows, MeliusNets, ResNetEs.

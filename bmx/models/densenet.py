@@ -158,7 +158,7 @@ _BDN_POSTER_BINARY = dict(reduction=(1, 1.4, 1.4), downsample="bn,bin_conv,avg_p
 # a full-precision conv, and a stronger reduction.
 _BDN_POSTER_FP = dict(reduction=(2, 2, 2), downsample="bn,relu,fp_conv,avg_pool")
 
-# name -> BinaryDenseNet arguments (sizes and results: REFERENCE.md sections 2-4).
+# name -> BinaryDenseNet arguments (architectures, sizes and results: docs/published.md).
 SPECS = {
     "binary_densenet28": dict(layers=(6, 6, 6, 5), reduction=(2.7, 2.7, 2.2)),
     "binary_densenet37": dict(layers=(6, 8, 12, 6), reduction=(3.3, 3.3, 4)),

@@ -60,7 +60,7 @@ class MeliusNet(BinaryDenseNet):
         return channels
 
 
-# name -> MeliusNet arguments (REFERENCE.md section 2).
+# name -> MeliusNet arguments (docs/published.md, section 2).
 SPECS = {
     "meliusnet22": dict(layers=(4, 5, 4, 4), transition_channels=(160, 224, 256)),
     "meliusnet29": dict(layers=(4, 6, 8, 6), transition_channels=(128, 192, 256)),

@@ -4,7 +4,21 @@ import re
 import mxnet as mx
 
 from .. import quantizers
-from ..config import resolve
+from ..config import BinaryLayerConfig, resolve
+
+
+def layer_config(block, config, aliases=None, **options):
+    """The layer's configuration: ``config`` as it is, if given (a BinaryLayerConfig that a layer
+    made of layers resolved and validated once for all its parts), else :func:`resolve_for`."""
+    if config is None:
+        return resolve_for(block, aliases, **options)
+    if not isinstance(config, BinaryLayerConfig):
+        raise TypeError(f"{type(block).__name__} '{block.name}': config must be a BinaryLayerConfig, "
+                        f"got {type(config).__name__}")
+    given = sorted((aliases or {}).get(k, k) for k, v in options.items() if v is not None)
+    if given:
+        raise TypeError(f"{type(block).__name__} '{block.name}': pass config or {', '.join(given)}, not both")
+    return config
 
 
 def resolve_for(block, aliases=None, **options):

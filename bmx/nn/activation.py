@@ -2,7 +2,7 @@
 from mxnet.gluon import HybridBlock
 
 from .. import quantizers
-from ._common import resolve_for
+from ._common import layer_config
 
 
 class QActivation(HybridBlock):
@@ -24,14 +24,16 @@ class QActivation(HybridBlock):
         zero_one: 1-bit only: output the sign as :math:`b = (q + 1)/2 \in \{0, 1\}` (gradient
             halved). :class:`BinaryConvolution` pairs it with ``QConv2D(input_zero_one=True)``
             so that padding with -1 costs nothing.
+        config: a resolved :class:`bmx.config.BinaryLayerConfig` to use instead of the three
+            arguments above and the context (:class:`BinaryConvolution` passes its own).
 
     Input: any shape. Output: same shape and dtype.
     """
 
-    def __init__(self, bits=None, clip_threshold=None, method=None, zero_one=False, **kwargs):
+    def __init__(self, bits=None, clip_threshold=None, method=None, zero_one=False, config=None, **kwargs):
         super().__init__(**kwargs)
-        self.config = resolve_for(self, aliases={"bits_a": "bits", "activation": "method"}, bits_a=bits,
-                                  clip_threshold=clip_threshold, activation=method)
+        self.config = layer_config(self, config, aliases={"bits_a": "bits", "activation": "method"}, bits_a=bits,
+                                   clip_threshold=clip_threshold, activation=method)
         if zero_one and self.config.bits_a != 1:
             raise ValueError(f"QActivation '{self.name}': zero_one needs 1-bit activations, "
                              f"got bits={self.config.bits_a}")

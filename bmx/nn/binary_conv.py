@@ -31,12 +31,11 @@ class BinaryConvolution(HybridBlock):
         padding = _pair(padding, "padding", f"BinaryConvolution '{self.name}'", 0)
         zero_one = c.bits_a == 1 and c.pad_value == -1 and padding != (0, 0)
         with self.name_scope():
-            self.qact = QActivation(bits=c.bits_a, clip_threshold=c.clip_threshold, method=c.activation,
-                                    zero_one=zero_one)
+            # the parts take the configuration resolved (and validated) here, once
+            self.qact = QActivation(zero_one=zero_one, config=c)
             self.qconv = QConv2D(channels, kernel_size, strides=strides, padding=padding, dilation=dilation,
-                                 groups=groups, in_channels=in_channels, bits=c.bits, pad_value=c.pad_value,
-                                 apply_scaling=c.apply_scaling, weight_quantization=c.weight_quantization,
-                                 weight_initializer=weight_initializer, input_zero_one=zero_one)
+                                 groups=groups, in_channels=in_channels, weight_initializer=weight_initializer,
+                                 input_zero_one=zero_one, config=c)
 
     def forward(self, x, *args):
         if is_ndarray(x) and x.ndim != 4:

@@ -1,7 +1,7 @@
 """QConv2D: a 2-D convolution with quantized weights."""
 from mxnet.gluon import HybridBlock
 
-from ._common import is_ndarray, quantize_weight, resolve_for, scale_by_weight_magnitude, weight_parameter
+from ._common import is_ndarray, layer_config, quantize_weight, scale_by_weight_magnitude, weight_parameter
 
 
 def _pair(value, name, layer, minimum):
@@ -27,7 +27,8 @@ class QConv2D(HybridBlock):
     estimator (identity for sign). Binary weights get ``wd_mult = 0``.
 
     Arguments as in ``mxnet.gluon.nn.Conv2D``; quantization arguments left at None come from
-    :func:`bmx.binary_layer_config`.
+    :func:`bmx.binary_layer_config`, or all of them from ``config`` (a resolved
+    :class:`bmx.config.BinaryLayerConfig`, as :class:`BinaryConvolution` passes its own).
 
     ``input_zero_one=True`` (with ``pad_value=-1``) declares that the input is a sign given as
     :math:`b = (s + 1)/2 \in \{0, 1\}` (see :class:`QActivation`'s ``zero_one``). Since
@@ -42,10 +43,10 @@ class QConv2D(HybridBlock):
 
     def __init__(self, channels, kernel_size, strides=1, padding=0, dilation=1, groups=1, in_channels=0,
                  bits=None, pad_value=None, apply_scaling=None, weight_quantization=None,
-                 weight_initializer=None, input_zero_one=False, **kwargs):
+                 weight_initializer=None, input_zero_one=False, config=None, **kwargs):
         super().__init__(**kwargs)
-        self.config = resolve_for(self, bits=bits, pad_value=pad_value, apply_scaling=apply_scaling,
-                                  weight_quantization=weight_quantization)
+        self.config = layer_config(self, config, bits=bits, pad_value=pad_value, apply_scaling=apply_scaling,
+                                   weight_quantization=weight_quantization)
         layer = f"QConv2D '{self.name}'"
         self.kernel_size = _pair(kernel_size, "kernel_size", layer, 1)
         self.strides = _pair(strides, "strides", layer, 1)
