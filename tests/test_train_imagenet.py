@@ -67,7 +67,7 @@ def test_a_directory_that_is_not_a_run_is_refused_and_untouched(script, cifar, t
     ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
     ("--epochs", "0", "--epochs must be >= 1, got 0"),
     ("--val-size", "-1", "--val-size must be >= 0, got -1"),
-    ("--clip-threshold", "nan", "clip_threshold must be a finite number >= 0, got nan"),
+    ("--clip-threshold", "nan", "clip_threshold must be >= 0 and finite, got nan"),
 ])
 def test_bad_numbers_are_refused_before_anything_is_written(option, value, message, script, cifar, tmp_path, capsys):
     code, err = run(script, capsys, argv(cifar, tmp_path / "out", option, value))

@@ -59,6 +59,7 @@ except ModuleNotFoundError as err:
         raise
     sys.exit("launch.py: bmx is not installed (pip install -e . in the repository)")
 
+
 def start_guard():
     """Starts the guard (Linux: it reads /proc) and marks this process's environment, which every
     process the job starts inherits. Returns the guard's Popen, whose stdin this process holds open."""
