@@ -378,6 +378,34 @@ typedef void (*bmx_pack_pixels_fn)(const float* src, size_t channels, size_t hw,
                                    size_t count, const bmx_affine* a, uint64_t* dst,
                                    size_t dst_stride);
 
+/* The sign + pack variants of a kernel id (portable for ids this build has no variant of). */
+typedef struct bmx_packers {
+  bmx_pack_row_fn row;
+  bmx_pack_pixels_fn pixels;
+} bmx_packers;
+
+static inline bmx_packers bmx_packers_for(int kernel) {
+  bmx_packers p = {bmx_pack_row_f32, bmx_pack_pixels_portable};
+#ifdef BMX_X86
+  if (kernel == BMX_KERNEL_AVX512) {
+    p.row = bmx_pack_row_avx512;
+    p.pixels = bmx_pack_pixels_avx512;
+  }
+  if (kernel == BMX_KERNEL_AVX2) {
+    p.row = bmx_pack_row_avx2;
+    p.pixels = bmx_pack_pixels_avx2;
+  }
+#endif
+#ifdef BMX_NEON
+  if (kernel == BMX_KERNEL_NEON) {
+    p.row = bmx_pack_row_neon;
+    p.pixels = bmx_pack_pixels_neon;
+  }
+#endif
+  (void)kernel;
+  return p;
+}
+
 /* OpenMP team size for a thread request (<= 0: the OpenMP default, i.e. OMP_NUM_THREADS). */
 static inline int bmx_team_size(int threads) {
 #ifdef _OPENMP
@@ -394,15 +422,7 @@ static inline int bmx_team_size(int threads) {
 /* Packs each of `rows` rows of n floats (row stride n) into words_for_bits(n) words. */
 static inline void bmx_pack_rows(const float* x, size_t rows, size_t n, uint64_t* out,
                                  int kernel, int threads) {
-  bmx_pack_row_fn pack = bmx_pack_row_f32;
-#ifdef BMX_X86
-  if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_row_avx512;
-  if (kernel == BMX_KERNEL_AVX2) pack = bmx_pack_row_avx2;
-#endif
-#ifdef BMX_NEON
-  if (kernel == BMX_KERNEL_NEON) pack = bmx_pack_row_neon;
-#endif
-  (void)kernel;
+  const bmx_pack_row_fn pack = bmx_packers_for(kernel).row;
   const size_t words = bmx_words_for_bits(n);
   const int team = bmx_team_size(threads);
   (void)team;
@@ -421,15 +441,7 @@ static inline void bmx_pack_rows(const float* x, size_t rows, size_t n, uint64_t
 static inline int bmx_pack_nchw(const float* x, size_t batch, size_t channels, size_t hw,
                                 size_t groups, const int32_t* m, const float* u, uint64_t* out,
                                 int kernel, int threads) {
-  bmx_pack_pixels_fn pack = bmx_pack_pixels_portable;
-#ifdef BMX_X86
-  if (kernel == BMX_KERNEL_AVX512) pack = bmx_pack_pixels_avx512;
-  if (kernel == BMX_KERNEL_AVX2) pack = bmx_pack_pixels_avx2;
-#endif
-#ifdef BMX_NEON
-  if (kernel == BMX_KERNEL_NEON) pack = bmx_pack_pixels_neon;
-#endif
-  (void)kernel;
+  const bmx_pack_pixels_fn pack = bmx_packers_for(kernel).pixels;
   const size_t cg = channels / groups, gw = bmx_words_for_bits(cg), pixel_words = groups * gw;
   const size_t blocks = (hw + 63) / 64, tasks = batch * groups * blocks;
   const int affine = m != NULL;
