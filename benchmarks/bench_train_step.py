@@ -33,17 +33,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _trainer_step(mx, net, forward, x, y, optimizer, batch):
     trainer = mx.gluon.Trainer(net.collect_params(), optimizer, {"learning_rate": 1e-3})
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
@@ -85,7 +74,8 @@ def measure_steps(args):
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    result = {"threads": args.threads[0], "bfloat16": supported, "bfloat16_reason": reason}
+    result = {"threads": args.threads[0], "bfloat16": supported, "bfloat16_reason": reason,
+              "cpu": precision.cpu_model() or platform.processor() or "unknown"}
     for name, values in times.items():
         result[name + "_ms"] = 1e3 * statistics.median(values)
     return result
@@ -141,9 +131,9 @@ def child(args, mode, threads, extra=(), pythonpath=ROOT):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(args, steps, epochs):
+def report(args, cpu, steps, epochs):
     print(f"{args.model} (stem {args.stem}), {args.image_size}x{args.image_size}, batch {args.batch_size}, hybridized; "
-          f"CPU: {cpu_model()}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+          f"CPU: {cpu}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"steps: Adam, synthetic data, median of {args.steps} interleaved steps")
     print(f"{'threads':>7} {'dtype':>9} {'float ms':>9} {'binary ms':>10} {'binary img/s':>13} {'bin/float':>10}")
     for r in steps:
@@ -199,6 +189,8 @@ def main():
         return
 
     steps = [child(args, "steps", threads) for threads in args.threads]
+    # The parent does not import bmx (the children import it from ROOT or --baseline), so they say which CPU ran.
+    cpu = [r.pop("cpu") for r in steps][0]
     epochs = []
     if args.data_dir:
         data = ["--data-dir", args.data_dir] + (["--baseline", args.baseline] if args.baseline else [])
@@ -206,7 +198,7 @@ def main():
             for pipeline in ("old", "new"):
                 path = args.baseline if pipeline == "old" and args.baseline else ROOT
                 epochs.append(child(args, "data", args.threads[-1], data + ["--pipeline", pipeline], path))
-    results = {"cpu": cpu_model(), "steps": steps, "epochs": epochs, "baseline": args.baseline}
+    results = {"cpu": cpu, "steps": steps, "epochs": epochs, "baseline": args.baseline}
     if args.output:
         with open(args.output + ".tmp", "w") as f:
             json.dump(results, f, indent=1)
@@ -214,7 +206,7 @@ def main():
     if args.json:
         print(json.dumps(results))
     else:
-        report(args, steps, epochs)
+        report(args, cpu, steps, epochs)
 
 
 if __name__ == "__main__":

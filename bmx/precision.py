@@ -53,27 +53,26 @@ LOW_PRECISION_OPS = ("Convolution", "FullyConnected")
 FLOAT32_OPS = tuple(symbol_bf16.BF16_FP32_FUNCS)
 
 
-def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (an empty set where it cannot be read)."""
+def _cpuinfo(field):
+    """The value of the first ``field`` line of /proc/cpuinfo, or None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "this CPU"
+    return None
+
+
+def cpu_flags():
+    """The CPU feature flags of /proc/cpuinfo (an empty set where it cannot be read)."""
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, or None where it cannot be read."""
+    return _cpuinfo("model name")
 
 
 def _probe():
@@ -96,9 +95,9 @@ def _probe():
 def bfloat16_support():
     """(supported, reason): whether this CPU trains in bfloat16 natively, and if not, why not."""
     if "avx512_bf16" not in cpu_flags():
-        return False, (f"{_cpu_name()} lacks AVX-512 BF16 (no 'avx512_bf16' in /proc/cpuinfo), so oneDNN has "
-                       "no native bfloat16 convolution on it (none at all without AVX-512, a slower-than-float32 "
-                       "emulation with it)")
+        return False, (f"{cpu_model() or 'this CPU'} lacks AVX-512 BF16 (no 'avx512_bf16' in /proc/cpuinfo), so "
+                       "oneDNN has no native bfloat16 convolution on it (none at all without AVX-512, a "
+                       "slower-than-float32 emulation with it)")
     failure = _probe()
     if failure:
         return False, f"a bfloat16 convolution fails in this MXNet build: {failure}"

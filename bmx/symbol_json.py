@@ -4,12 +4,14 @@ A symbol file is read as JSON, never executed. :func:`parse` turns it into :clas
 whose ``inputs`` are ``(node, output index)`` entries: the converter rewrites that graph and writes
 it back with :func:`to_json`, the runtime compiles it, and ``bmx.model_io`` lists its bmx
 operators. Every function takes the exception class to raise (``error``), so that each caller
-reports a bad file with its own error type; messages name the file.
+reports a bad file with its own error type; messages name the file. :func:`attribute` and the
+``parse_*`` functions read the string attributes the way both the runtime and the ONNX exporter do.
 """
 import copy
 import json
 
-__all__ = ["SymbolJSONError", "Node", "read", "parse", "load", "topological", "to_json"]
+__all__ = ["SymbolJSONError", "Node", "read", "parse", "load", "topological", "to_json", "REQUIRED", "attribute",
+           "parse_int", "parse_float", "parse_bool", "parse_tuple", "parse_optional_int"]
 
 
 class SymbolJSONError(ValueError):
@@ -119,3 +121,52 @@ def to_json(heads, top_attrs):
     return {"nodes": nodes, "arg_nodes": [i for i, n in enumerate(order) if n.op == "null"],
             "node_row_ptr": row_ptr, "heads": [[ids[id(n)], idx, 0] for n, idx in heads],
             **copy.deepcopy(top_attrs)}
+
+
+# The default of an attribute that must be present.
+REQUIRED = object()
+
+
+def attribute(attrs, key, parse, default, what, fail):
+    """``parse`` of the string attribute ``attrs[key]``, or ``default`` where it is missing.
+
+    ``fail(message)`` raises the caller's error (naming its node) where a REQUIRED attribute is
+    missing or the text does not parse (``what`` says what it should be).
+    """
+    text = attrs.get(key)
+    if text is None:
+        if default is REQUIRED:
+            fail(f"attribute {key!r} is missing")
+        return default
+    try:
+        return parse(str(text))
+    except ValueError:
+        fail(f"attribute {key}={text!r} is not {what}")
+
+
+def parse_int(text):
+    return int(text.strip().rstrip("L"))  # Python 2 era files write longs as "3L"
+
+
+def parse_float(text):
+    return float(text)
+
+
+def parse_bool(text):
+    lowered = text.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise ValueError(text)
+
+
+def parse_tuple(text):
+    """'(3, 3)', '[3,3]', '3', '()', '(None, 2)' -> tuple of ints (None kept)."""
+    body = text.strip().strip("()[]")
+    items = [item.strip() for item in body.split(",") if item.strip()]
+    return tuple(None if item == "None" else parse_int(item) for item in items)
+
+
+def parse_optional_int(text):
+    return None if text.strip() == "None" else parse_int(text)

@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 
 import mxnet as mx
@@ -61,6 +60,7 @@ from . import optimizers  # noqa: F401  (registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
 from .data import synthetic_batch
+from .devices import DIST_KVSTORES, create_kvstore, exit_process, parse_ctx, synchronous, topology
 from .model_io import export
 from .steps import Scores, Step, evaluate
 
@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("radam", "adam", "sgd")
 LR_MODES = ("cosine", "step")
 INITIALIZATIONS = ("he", "xavier")
-DIST_KVSTORES = ("dist_sync", "dist_device_sync", "dist_async")
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                   "images_per_s", "time_s", "teacher_s")
 STATE_FILE = "state.json"
@@ -168,87 +167,6 @@ class Recipe:
         return params
 
 
-def parse_ctx(spec):
-    """``'cpu'``, ``'gpu'`` (= gpu:0) or ``'gpu:0,1,...'`` -> list of MXNet contexts."""
-    spec = spec.strip().lower()
-    if spec == "cpu":
-        return [mx.cpu()]
-    kind, _, ids = spec.partition(":")
-    if kind != "gpu":
-        raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}")
-    try:
-        ctx = [mx.gpu(int(i)) for i in (ids or "0").split(",")]
-    except ValueError:
-        raise ValueError(f"--ctx must be 'cpu' or 'gpu:0,1,...', got {spec!r}") from None
-    gpus = mx.context.num_gpus()
-    absent = [c.device_id for c in ctx if not 0 <= c.device_id < gpus]
-    if absent:
-        raise ValueError(f"--ctx {spec}: " + ("this MXNet has no GPU support (or sees no GPU); use --ctx cpu"
-                                              if not gpus else f"there is no gpu {absent[0]} ({gpus} GPU(s))"))
-    return ctx
-
-
-# Whether this process is a worker of a distributed job (create_kvstore made a dist kvstore).
-_dist_worker = False
-
-
-def _leave(code):
-    """Ends the process now, skipping Python's finalization."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
-
-
-def exit_process(code):
-    """``sys.exit(code)``, except that a failing worker of a distributed job ends at once.
-
-    At exit, MXNet's distributed kvstore waits for every other worker (a barrier before the
-    servers are stopped). After a failure the others wait for this worker's gradients instead, so
-    a normal exit would hang the whole job; ending at once lets the launcher see the failure and
-    stop the rest. :func:`create_kvstore` routes uncaught exceptions here too.
-    """
-    if code and _dist_worker:
-        _leave(code)
-    sys.exit(code)
-
-
-def create_kvstore(name):
-    """What :class:`Run` and :func:`benchmark` take as ``kvstore``: a KVStore for the
-    parameter-server kinds (``DIST_KVSTORES``), the name itself for the others.
-
-    Create a distributed kvstore before reading the data: its ``rank`` and ``num_workers`` say
-    which part of the training data this worker reads.
-    """
-    if not name.startswith("dist"):
-        return name
-    if name not in DIST_KVSTORES:
-        raise ValueError(f"unknown distributed kvstore {name!r}; choose one of {DIST_KVSTORES}")
-    if "DMLC_ROLE" not in os.environ:
-        # Without it, ps-lite aborts the process from C++ with a bare check failure.
-        raise ValueError(f"kvstore {name} runs on MXNet's parameter server: start the job with tools/launch.py "
-                         "(see docs/distributed.md), which sets DMLC_ROLE and the other DMLC_* variables")
-    kv = mx.kv.create(name)
-    global _dist_worker
-    if not _dist_worker:
-        # An uncaught exception would end in the exit barrier too (see exit_process).
-        _dist_worker = True
-        previous = sys.excepthook
-
-        def fail_at_once(kind, value, tb):
-            previous(kind, value, tb)
-            _leave(1)
-        sys.excepthook = fail_at_once
-    return kv
-
-
-def _topology(kvstore):
-    """(kind, rank, workers) of a kvstore name or KVStore."""
-    if isinstance(kvstore, str):
-        return kvstore, 0, 1
-    return kvstore.type, kvstore.rank, kvstore.num_workers
-
-
 def build_model(name, classes, binary=True, clip_threshold=None, layer_config=None, **knobs):
     """A zoo model (``bmx.models.get_model``) built inside ``bmx.binary_layer_config(**layer_config)``.
 
@@ -300,17 +218,13 @@ def _seed_everything(seed):
     mx.random.seed(seed)
 
 
-def _synchronous(kind):
-    return kind.startswith("dist") and "async" not in kind
-
-
 def _make_trainer(net, recipe, steps_per_epoch, kvstore):
     """The Gluon trainer and the number of workers each step's gradient sum covers."""
-    kind, _, workers = _topology(kvstore)
+    kind, _, workers = topology(kvstore)
     params = net.collect_params()
     if not kind.startswith("dist"):
         return gluon.Trainer(params, recipe.optimizer, recipe.optimizer_params(steps_per_epoch), kvstore=kvstore), 1
-    if _synchronous(kind):
+    if synchronous(kind):
         # The servers only sum gradients; every worker runs the optimizer on the same sums. Its
         # state then lives where save_states can reach it (MXNet cannot save server-side state),
         # and no optimizer has to be unpickled on a server.
@@ -364,7 +278,7 @@ def benchmark(net, recipe, image_size, classes, iters=20, warmup=2, ctx=None, kv
     kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
     _, forward = _prepare(net, recipe, ctx, init)
     total = recipe.batch_size * len(ctx)
-    workers = _topology(kvstore)[2]
+    workers = topology(kvstore)[2]
     # The schedule's length does not change the cost of a step.
     trainer, scale = _make_trainer(net, recipe, iters + warmup, kvstore)
     step = Step(forward, trainer, ctx, precision.input_dtype(recipe.dtype), scale)
@@ -417,8 +331,8 @@ class Run:
         self.net, self.data, self.recipe = net, data, recipe
         self.out = output_dir
         self.kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
-        kind, self.rank, self.num_workers = _topology(self.kvstore)
-        self.asynchronous = kind.startswith("dist") and not _synchronous(kind)
+        kind, self.rank, self.num_workers = topology(self.kvstore)
+        self.asynchronous = kind.startswith("dist") and not synchronous(kind)
         parts = data.info.get("num_parts", 1)
         if parts != self.num_workers:
             raise ValueError(f"the training data is read as {parts} part(s) but the job has {self.num_workers} "

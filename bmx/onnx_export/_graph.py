@@ -1,19 +1,17 @@
 """The symbol JSON, read as JSON (nothing in it is executed), and the ONNX graph built from it."""
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import __version__
+from .. import __version__, symbol_json
+from ..symbol_json import REQUIRED, attribute, parse_bool, parse_float, parse_int, parse_optional_int, parse_tuple
 from ._ops import CONVERTERS, SIGN_OPS
 
 OPSET = 18
 # The IR version that came with opset 18 (onnx 1.13): the newest IR that consumers of opset 18 read.
 IR_VERSION = 8
 
-_REQUIRED = object()
 _TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
           np.dtype(np.bool_): TensorProto.BOOL}
 _BOOL_OPS = ("GreaterOrEqual", "Greater", "LessOrEqual", "Less", "Equal", "Not")
@@ -27,67 +25,40 @@ class OnnxExportError(ValueError):
     """The model cannot be exported; the message names the file and the node at fault."""
 
 
-def _parse_tuple(text):
-    """'(3, 3)', '[3,3]', '3', '()', '(None, 2)' -> tuple of ints (None kept)."""
-    text = text.strip().strip("()[]").strip()
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    return tuple(None if t == "None" else int(t) for t in items)
-
-
-def _parse_flag(text):
-    lowered = text.strip().lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
-    raise ValueError(text)
-
-
 class MxNode:
     """One node of the symbol JSON: name, op, attributes (strings, as MXNet writes them) and input
     entries (source MxNode, output index). The typed getters raise OnnxExportError naming the node."""
 
     __slots__ = ("index", "name", "op", "attrs", "inputs", "file")
 
-    def __init__(self, index, raw, file):
-        self.index, self.file = index, file
-        self.name, self.op = str(raw["name"]), str(raw["op"])
-        # the attribute key changed over MXNet versions: "param" (< 0.9), "attr", "attrs"
-        attrs = raw.get("attrs") or raw.get("attr") or raw.get("param") or {}
-        if not isinstance(attrs, dict):
-            raise ValueError(f"node {index}'s attributes")
-        self.attrs, self.inputs = attrs, []
+    def __init__(self, node, inputs, file):
+        """``node``: a :class:`bmx.symbol_json.Node` of the file ``file``; ``inputs``: its input
+        entries with MxNode sources."""
+        self.index, self.name, self.op, self.attrs = node.index, node.name, node.op, node.attrs
+        self.inputs, self.file = inputs, file
 
     def fail(self, message):
         raise OnnxExportError(f"{self.file}: node '{self.name}' ({self.op}): {message}")
 
     def _get(self, key, parse, default, what):
-        text = self.attrs.get(key)
-        if text is None:
-            if default is _REQUIRED:
-                self.fail(f"attribute {key!r} is missing")
-            return default
-        try:
-            return parse(str(text))
-        except ValueError:
-            self.fail(f"attribute {key}={text!r} is not {what}")
+        return attribute(self.attrs, key, parse, default, what, self.fail)
 
-    def int(self, key, default=_REQUIRED):
-        return self._get(key, int, default, "an integer")
+    def int(self, key, default=REQUIRED):
+        return self._get(key, parse_int, default, "an integer")
 
     def optional_int(self, key):
         """An integer attribute that may be missing or 'None' (both give None)."""
-        return self._get(key, lambda t: None if t.strip() == "None" else int(t), None, "an integer or None")
+        return self._get(key, parse_optional_int, None, "an integer or None")
 
-    def float(self, key, default=_REQUIRED):
-        return self._get(key, float, default, "a number")
+    def float(self, key, default=REQUIRED):
+        return self._get(key, parse_float, default, "a number")
 
     def flag(self, key, default):
-        return self._get(key, _parse_flag, default, "a boolean")
+        return self._get(key, parse_bool, default, "a boolean")
 
     def ints(self, key, default):
         """A tuple attribute; a single integer counts as a 1-tuple."""
-        return self._get(key, _parse_tuple, default, "a tuple of integers")
+        return self._get(key, parse_tuple, default, "a tuple of integers")
 
     def text(self, key, default):
         return str(self.attrs.get(key, default))
@@ -95,29 +66,11 @@ class MxNode:
 
 def read_symbol(path):
     """(nodes, heads) of an MXNet symbol JSON file; heads are (MxNode, output index) entries."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            graph = json.load(f)
-    except FileNotFoundError:
-        raise OnnxExportError(f"{path}: no such symbol file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise OnnxExportError(f"{path}: cannot read the symbol file as JSON ({err})") from None
-    try:
-        nodes = []
-        for i, raw in enumerate(graph["nodes"]):
-            node = MxNode(i, raw, path)
-            for entry in raw.get("inputs", []):
-                source = int(entry[0])
-                if not 0 <= source < i:  # inputs come first: this also rules out cycles
-                    raise ValueError(f"input {source} of node {i}")
-                node.inputs.append((nodes[source], int(entry[1])))
-            nodes.append(node)
-        heads = [(nodes[int(e[0])], int(e[1])) for e in graph["heads"]]
-    except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise OnnxExportError(f"{path}: not an MXNet symbol JSON (bad or missing {err})") from None
-    if not heads:
-        raise OnnxExportError(f"{path}: the symbol has no outputs")
-    return nodes, heads
+    parsed, heads, _ = symbol_json.load(path, OnnxExportError)
+    nodes = []
+    for node in parsed:
+        nodes.append(MxNode(node, [(nodes[source.index], out) for source, out in node.inputs], path))
+    return nodes, [(nodes[head.index], out) for head, out in heads]
 
 
 def _reachable(heads):

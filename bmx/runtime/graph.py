@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import packed
+from ..symbol_json import REQUIRED, attribute, parse_bool, parse_float, parse_int, parse_optional_int, parse_tuple
 
 F32 = np.float32
 
@@ -28,15 +29,7 @@ class Node:
         raise ShapeError(f"node '{self.name}' ({self.op}): {message}")
 
     def _get(self, key, parse, default, what):
-        text = self.attrs.get(key)
-        if text is None:
-            if default is REQUIRED:
-                self.fail(f"attribute {key!r} is missing")
-            return default
-        try:
-            return parse(str(text))
-        except ValueError:
-            self.fail(f"attribute {key}={text!r} is not {what}")
+        return attribute(self.attrs, key, parse, default, what, self.fail)
 
     def int(self, key, default=None):
         return self._get(key, parse_int, default, "an integer")
@@ -68,37 +61,6 @@ class Node:
         if len(value) != 2 or any(v is None for v in value):
             self.fail(f"attribute {key}={self.attrs.get(key)!r}: only 2-D (NCHW) windows are supported")
         return value
-
-
-REQUIRED = object()
-
-
-def parse_int(text):
-    return int(text.strip().rstrip("L"))  # Python 2 era files write longs as "3L"
-
-
-def parse_float(text):
-    return float(text)
-
-
-def parse_bool(text):
-    lowered = text.strip().lower()
-    if lowered in ("true", "1"):
-        return True
-    if lowered in ("false", "0"):
-        return False
-    raise ValueError(text)
-
-
-def parse_tuple(text):
-    """'(3, 3)', '[3,3]', '3', '()', '(None, 2)' -> tuple of ints (None kept)."""
-    body = text.strip().strip("()[]")
-    items = [item.strip() for item in body.split(",") if item.strip()]
-    return tuple(None if item == "None" else parse_int(item) for item in items)
-
-
-def parse_optional_int(text):
-    return None if text.strip() == "None" else parse_int(text)
 
 
 # ------------------------------------------------------------------ shape helpers (dims may be None)
