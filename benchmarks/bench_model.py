@@ -31,8 +31,6 @@ import sys
 import tempfile
 import time
 
-from bench_train_step import cpu_model
-
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +139,8 @@ def main(argv=None):
                                   else "packed_runtime")
     amdahl = (summary.float_macs + summary.binary_macs) / summary.float_macs
     first = batches[args.batch[0]]
+    from bmx.precision import cpu_model  # after the thread settings: it imports mxnet
+
     result = dict(model=args.model, input_size=args.size, threads=args.threads, cpu=cpu_model(),
                   batch=args.batch[0], packed_ms=first["packed_ms"], float_ms=first["float"],
                   speedup=first["speedup"], onnx_ms=first.get("onnx"), amdahl_limit=amdahl,
