@@ -169,10 +169,23 @@ def test_missing_parents_of_the_output_are_created(run_dir, tmp_path, capsys):
     assert os.listdir(tmp_path / "a" / "b") == ["packed"]
 
 
+# Runs the tool with the conversion held for two minutes once its scratch directory exists, so
+# that a signal always arrives mid-conversion, however fast the machine converts the tiny model.
+HELD = ("import runpy, sys, time\n"
+        "from bmx import convert\n"
+        "binarize = convert.binarize\n"
+        "def held(*args, **kwargs):\n"
+        "    time.sleep(120)\n"
+        "    return binarize(*args, **kwargs)\n"
+        "convert.binarize = held\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
 def _start_and_wait_for_scratch(run_dir, tmp_path):
-    """Starts the tool (with --verify, so that it runs a while) and waits for its scratch directory."""
+    """Starts the tool, held inside the conversion, and waits for its scratch directory."""
     out = tmp_path / "out" / "packed"
-    proc = subprocess.Popen([sys.executable, TOOL, str(run_dir), "--output", str(out), "--verify"],
+    proc = subprocess.Popen([sys.executable, "-c", HELD, TOOL, str(run_dir), "--output", str(out), "--verify"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
