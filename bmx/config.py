@@ -51,22 +51,22 @@ class BinaryLayerConfig:
         for name in ("bits", "bits_a"):
             check_layer_bits(getattr(self, name), name)
         check_clip_threshold(self.clip_threshold)
-        allowed_act = ACTIVATIONS_1BIT if self.bits_a == 1 else ACTIVATIONS_KBIT
-        if self.activation is None:
-            object.__setattr__(self, "activation", allowed_act[0])
-        elif self.activation not in allowed_act:
-            raise ValueError(f"activation {self.activation!r} does not fit bits_a={self.bits_a}; "
-                             f"choose one of {allowed_act}")
-        allowed_w = WEIGHT_QUANTIZATIONS_1BIT if self.bits == 1 else WEIGHT_QUANTIZATIONS_KBIT
-        if self.weight_quantization is None:
-            object.__setattr__(self, "weight_quantization", allowed_w[0])
-        elif self.weight_quantization not in allowed_w:
-            raise ValueError(f"weight_quantization {self.weight_quantization!r} does not fit "
-                             f"bits={self.bits}; choose one of {allowed_w}")
+        for field, (bits_field, one_bit, k_bit) in _DERIVED.items():
+            self._choose(field, one_bit if getattr(self, bits_field) == 1 else k_bit, bits_field)
         if isinstance(self.pad_value, bool) or self.pad_value not in (-1, 0):
             raise ValueError(f"pad_value must be -1 or 0, got {self.pad_value!r}")
         if not isinstance(self.apply_scaling, bool):
             raise ValueError(f"apply_scaling must be True or False, got {self.apply_scaling!r}")
+
+    def _choose(self, field, allowed, bits_field):
+        """Set ``field`` to its first allowed value when None; reject a value that does not fit the
+        bit width ``bits_field``."""
+        value = getattr(self, field)
+        if value is None:
+            object.__setattr__(self, field, allowed[0])
+        elif value not in allowed:
+            raise ValueError(f"{field} {value!r} does not fit {bits_field}={getattr(self, bits_field)}; "
+                             f"choose one of {allowed}")
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BinaryLayerConfig))

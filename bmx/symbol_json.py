@@ -170,3 +170,35 @@ def parse_tuple(text):
 
 def parse_optional_int(text):
     return None if text.strip() == "None" else parse_int(text)
+
+
+class TypedAttributes:
+    """Typed getters over a node's string attributes ``self.attrs``, shared by the runtime's and
+    the ONNX exporter's node types. A subclass defines ``fail(message)``, which raises its own
+    error naming the file and node; a getter calls it where a REQUIRED attribute is missing or
+    the text does not parse, and otherwise returns the parsed value or ``default``."""
+
+    __slots__ = ()
+
+    def fail(self, message):
+        raise NotImplementedError
+
+    def _get(self, key, parse, default, what):
+        return attribute(self.attrs, key, parse, default, what, self.fail)
+
+    def int(self, key, default=REQUIRED):
+        return self._get(key, parse_int, default, "an integer")
+
+    def optional_int(self, key):
+        """An integer attribute that may be missing or 'None' (both give None)."""
+        return self._get(key, parse_optional_int, None, "an integer or None")
+
+    def float(self, key, default=REQUIRED):
+        return self._get(key, parse_float, default, "a number")
+
+    def bool(self, key, default=REQUIRED):
+        return self._get(key, parse_bool, default, "a boolean")
+
+    def tuple(self, key, default=REQUIRED):
+        """A tuple attribute ('(3, 3)', '3', '()'); a single integer counts as a 1-tuple."""
+        return self._get(key, parse_tuple, default, "a tuple of integers")

@@ -186,6 +186,16 @@ struct ApproxSignGrad {
 
 // ---------------------------------------------------------------- det_sign
 
+// Both sign ops' backward: the stored gradient mask make_grad(params) applied to x = in[1].
+template <typename MakeGrad>
+MXReturnValue sign_backward_op(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                               MakeGrad make_grad) {
+  SignParams p;
+  if (!parse_sign_params(attrs, &p)) return MX_FAIL;
+  BMX_DISPATCH(in->at(1).dtype, T, sign_backward<T>(p, in->at(0), in->at(1), out->at(0), make_grad(p)));
+  return MX_SUCCESS;
+}
+
 MXReturnValue det_sign_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                                std::vector<MXTensor>* out, const OpResource& res) {
   SignParams p;
@@ -196,22 +206,14 @@ MXReturnValue det_sign_forward(const Attrs& attrs, std::vector<MXTensor>* in,
 
 MXReturnValue det_sign_backward(const Attrs& attrs, std::vector<MXTensor>* in,
                                 std::vector<MXTensor>* out, const OpResource& res) {
-  SignParams p;
-  if (!parse_sign_params(attrs, &p)) return MX_FAIL;
-  BMX_DISPATCH(in->at(1).dtype, T,
-               sign_backward<T>(p, in->at(0), in->at(1), out->at(0), ClippedSte{p.clip_threshold}));
-  return MX_SUCCESS;
+  return sign_backward_op(attrs, in, out, [](const SignParams& p) { return ClippedSte{p.clip_threshold}; });
 }
 
 // ---------------------------------------------------------------- approx_sign
 
 MXReturnValue approx_sign_backward(const Attrs& attrs, std::vector<MXTensor>* in,
                                    std::vector<MXTensor>* out, const OpResource& res) {
-  SignParams p;
-  if (!parse_sign_params(attrs, &p)) return MX_FAIL;
-  BMX_DISPATCH(in->at(1).dtype, T,
-               sign_backward<T>(p, in->at(0), in->at(1), out->at(0), ApproxSignGrad()));
-  return MX_SUCCESS;
+  return sign_backward_op(attrs, in, out, [](const SignParams&) { return ApproxSignGrad(); });
 }
 
 // ---------------------------------------------------------------- weight_sign
@@ -234,11 +236,18 @@ MXReturnValue identity_backward(const Attrs& attrs, std::vector<MXTensor>* in,
 
 // ---------------------------------------------------------------- k-bit activations
 
+// The 2^bits - 1 steps of a k-bit quantizer with the op's `bits` attribute.
+bool parse_levels(const Attrs& attrs, float* levels) {
+  int bits;
+  if (!parse_bits(attrs, &bits)) return false;
+  *levels = static_cast<float>((1 << bits) - 1);
+  return true;
+}
+
 MXReturnValue quantize_act_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                                    std::vector<MXTensor>* out, const OpResource& res) {
-  int bits;
-  if (!parse_bits(attrs, &bits)) return MX_FAIL;
-  const float levels = static_cast<float>((1 << bits) - 1);
+  float levels;
+  if (!parse_levels(attrs, &levels)) return MX_FAIL;
   MXTensor& x = in->at(0);
   BMX_DISPATCH(x.dtype, T, map1(x.size(), x.data<T>(), out->at(0).data<T>(), [=](float v) {
                  float c = std::min(std::max(v, 0.0f), 1.0f);
@@ -270,9 +279,8 @@ float max_abs_tanh(int64_t n, const T* w) {
 
 MXReturnValue quantize_weight_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                                       std::vector<MXTensor>* out, const OpResource& res) {
-  int bits;
-  if (!parse_bits(attrs, &bits)) return MX_FAIL;
-  const float levels = static_cast<float>((1 << bits) - 1);
+  float levels;
+  if (!parse_levels(attrs, &levels)) return MX_FAIL;
   MXTensor& w = in->at(0);
   BMX_DISPATCH(w.dtype, T, {
     const float two_m = 2.0f * max_abs_tanh(w.size(), w.data<T>());

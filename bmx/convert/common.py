@@ -1,9 +1,7 @@
 """What the converter's modules share: its errors, the bmx op names, attribute parsing and new nodes."""
-import re
-
 import numpy as np
 
-from ..symbol_json import Node
+from ..symbol_json import Node, parse_bool, parse_tuple
 
 SIGN_OPS = ("bmx_det_sign", "bmx_approx_sign")
 WEIGHT_SIGN_OP = "bmx_weight_sign"
@@ -31,21 +29,28 @@ def ints(text, default, length, what):
     """A tuple attribute such as '(3, 3)' as ints; '()' or absence gives default."""
     if text is None:
         return default
-    items = [t for t in re.split(r"[\s,()\[\]]+", str(text)) if t]
-    if not items:
-        return default
     try:
-        values = tuple(int(t) for t in items)
+        values = parse_tuple(str(text))
     except ValueError:
-        raise ConvertError(f"{what}: cannot read {text!r} as integers") from None
+        values = None
+    if values is None or None in values:
+        raise ConvertError(f"{what}: cannot read {text!r} as integers")
+    if not values:
+        return default
     if length is not None and len(values) != length:
         raise ConvertError(f"{what}: expected {length} values, got {text!r}")
     return values
 
 
 def flag(attrs, key, default=False):
-    """A boolean attribute ('True', '1', 'false', ...)."""
-    return str(attrs.get(key, default)).strip().lower() in ("true", "1")
+    """A boolean attribute ('True', '1', 'false', ...); other text is an error, not False."""
+    text = attrs.get(key)
+    if text is None:
+        return default
+    try:
+        return parse_bool(str(text))
+    except ValueError:
+        raise ConvertError(f"attribute {key}={text!r} is not a boolean") from None
 
 
 def float_attr(attrs, key):

@@ -5,7 +5,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, symbol_json
-from ..symbol_json import REQUIRED, attribute, parse_bool, parse_float, parse_int, parse_optional_int, parse_tuple
+from ..symbol_json import TypedAttributes
 from ._ops import CONVERTERS, SIGN_OPS
 
 OPSET = 18
@@ -25,7 +25,7 @@ class OnnxExportError(ValueError):
     """The model cannot be exported; the message names the file and the node at fault."""
 
 
-class MxNode:
+class MxNode(TypedAttributes):
     """One node of the symbol JSON: name, op, attributes (strings, as MXNet writes them) and input
     entries (source MxNode, output index). The typed getters raise OnnxExportError naming the node."""
 
@@ -39,26 +39,6 @@ class MxNode:
 
     def fail(self, message):
         raise OnnxExportError(f"{self.file}: node '{self.name}' ({self.op}): {message}")
-
-    def _get(self, key, parse, default, what):
-        return attribute(self.attrs, key, parse, default, what, self.fail)
-
-    def int(self, key, default=REQUIRED):
-        return self._get(key, parse_int, default, "an integer")
-
-    def optional_int(self, key):
-        """An integer attribute that may be missing or 'None' (both give None)."""
-        return self._get(key, parse_optional_int, None, "an integer or None")
-
-    def float(self, key, default=REQUIRED):
-        return self._get(key, parse_float, default, "a number")
-
-    def flag(self, key, default):
-        return self._get(key, parse_bool, default, "a boolean")
-
-    def ints(self, key, default):
-        """A tuple attribute; a single integer counts as a 1-tuple."""
-        return self._get(key, parse_tuple, default, "a tuple of integers")
 
     def text(self, key, default):
         return str(self.attrs.get(key, default))

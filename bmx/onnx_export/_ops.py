@@ -54,7 +54,7 @@ def round_half_away(b, node, v, nonnegative=False):
 @_converts(*SIGN_OPS)
 def _sign(b, node):
     (x,) = _inputs(b, node, 1)
-    return sign(b, node, x, node.flag("zero_one", False))
+    return sign(b, node, x, node.bool("zero_one", False))
 
 
 @_converts("bmx_weight_sign")
@@ -94,7 +94,7 @@ def _quantize_weight(b, node):
 # ---------------------------------------------------------------- convolutions and dense layers
 
 def _window(node, key, nd, default):
-    values = node.ints(key, ())
+    values = node.tuple(key, ())
     if not values:
         return (default,) * nd
     if len(values) != nd:
@@ -103,7 +103,7 @@ def _window(node, key, nd, default):
 
 
 def _conv_settings(node):
-    kernel = node.ints("kernel", None)
+    kernel = node.tuple("kernel", None)
     if not kernel:
         node.fail("attribute 'kernel' is missing")
     layout = node.text("layout", "None")
@@ -130,10 +130,10 @@ def binary_conv(b, node, x, weight, settings, pad_value):
 def _minus_one_padded(node):
     """(X, sign(W)) entries if node is BinaryConvolution's ``Convolution(sign01(X), 2 sign(W),
     -sum sign(W))``, which computes exactly conv(pad_-1(sign X), sign W) (bmx.nn.QConv2D)."""
-    if len(node.inputs) != 3 or node.flag("no_bias", False):
+    if len(node.inputs) != 3 or node.bool("no_bias", False):
         return None
     (data, _), (weight, _), (bias, _) = node.inputs
-    if data.op not in SIGN_OPS or not data.flag("zero_one", False):
+    if data.op not in SIGN_OPS or not data.bool("zero_one", False):
         return None
     if weight.op != "_mul_scalar" or weight.float("scalar", 0.0) != 2.0 or bias.op != "negative":
         return None
@@ -141,9 +141,9 @@ def _minus_one_padded(node):
     total = bias.inputs[0][0]
     if signs[0].op != "bmx_weight_sign" or total.op != "sum" or total.inputs[0] != signs:
         return None
-    rank = len(node.ints("kernel", ())) + 2
-    if tuple(total.ints("axis", ())) != tuple(range(1, rank)) or total.flag("keepdims", False) \
-            or total.flag("exclude", False):
+    rank = len(node.tuple("kernel", ())) + 2
+    if tuple(total.tuple("axis", ())) != tuple(range(1, rank)) or total.bool("keepdims", False) \
+            or total.bool("exclude", False):
         return None
     return data.inputs[0], signs
 
@@ -154,7 +154,7 @@ def _convolution(b, node):
     folded = _minus_one_padded(node)
     if folded is not None:
         return binary_conv(b, node, b.value(folded[0]), b.value(folded[1]), settings, -1.0)
-    no_bias = node.flag("no_bias", False)
+    no_bias = node.bool("no_bias", False)
     return b.emit("Conv", _inputs(b, node, 2 if no_bias else 3), node, **settings)
 
 
@@ -177,9 +177,9 @@ def _xnor_conv(b, node):
 
 @_converts("FullyConnected")
 def _fully_connected(b, node):
-    no_bias = node.flag("no_bias", False)
+    no_bias = node.bool("no_bias", False)
     inputs = _inputs(b, node, 2 if no_bias else 3)
-    if node.flag("flatten", True):
+    if node.bool("flatten", True):
         return b.emit("Gemm", [b.emit("Flatten", [inputs[0]], node, axis=1)] + inputs[1:], node, transB=1)
     y = b.emit("MatMul", [inputs[0], b.emit("Transpose", [inputs[1]], node, perm=[1, 0])], node)
     return y if no_bias else b.emit("Add", [y, inputs[2]], node)
@@ -191,7 +191,7 @@ def _batch_norm(b, node):
     x, gamma, beta, mean, var = _inputs(b, node, 5)
     if node.int("axis", 1) != 1:
         node.fail(f"axis={node.int('axis', 1)} is not supported (ONNX BatchNormalization normalizes axis 1)")
-    if node.flag("fix_gamma", True):
+    if node.bool("fix_gamma", True):
         gamma = b.emit("ConstantOfShape", [b.emit("Shape", [gamma], node)], node,
                        value=np.ones(1, np.float32))
     return b.emit("BatchNormalization", [x, gamma, beta, mean, var], node, epsilon=node.float("eps", 1e-3))
@@ -230,7 +230,7 @@ def _pooling(b, node):
     kind = node.text("pool_type", "max")
     if kind not in ("max", "avg"):
         node.fail(f"pool_type {kind!r} is not supported (max and avg are)")
-    if node.flag("global_pool", False):
+    if node.bool("global_pool", False):
         return b.emit("GlobalMaxPool" if kind == "max" else "GlobalAveragePool", [x], node)
     settings = _conv_settings(node)
     convention = node.text("pooling_convention", "valid")
@@ -241,7 +241,7 @@ def _pooling(b, node):
     settings["ceil_mode"] = int(convention == "full")
     if kind == "max":
         return b.emit("MaxPool", [x], node, **settings)
-    return b.emit("AveragePool", [x], node, count_include_pad=int(node.flag("count_include_pad", True)), **settings)
+    return b.emit("AveragePool", [x], node, count_include_pad=int(node.bool("count_include_pad", True)), **settings)
 
 
 @_converts("Concat", "concat")
@@ -257,8 +257,8 @@ def _flatten(b, node):
 @_converts("Reshape", "reshape")
 def _reshape(b, node):
     (x,) = _inputs(b, node, 1)
-    shape = node.ints("shape", None)
-    if shape is None or node.flag("reverse", False) or any(d < -1 for d in shape):
+    shape = node.tuple("shape", None)
+    if shape is None or node.bool("reverse", False) or any(d < -1 for d in shape):
         node.fail(f"shape={node.attrs.get('shape')} reverse={node.attrs.get('reverse', False)}: only positive "
                   "sizes, 0 (copy) and -1 (infer) are supported")
     return b.emit("Reshape", [x, b.const(np.array(shape, np.int64))], node)
@@ -279,8 +279,8 @@ def _slice_axis(b, node):
 @_converts("slice")
 def _slice_op(b, node):
     (x,) = _inputs(b, node, 1)
-    begin, end = node.ints("begin", None), node.ints("end", None)
-    step = node.ints("step", ()) or (None,) * len(begin)
+    begin, end = node.tuple("begin", None), node.tuple("end", None)
+    step = node.tuple("step", ()) or (None,) * len(begin)
     if begin is None or end is None or not len(begin) == len(end) == len(step):
         node.fail("begin, end and step must be given for the same axes")
     steps = [1 if s is None else s for s in step]
@@ -296,7 +296,7 @@ def _pad(b, node):
     mode = node.text("mode", "constant")
     if mode not in ("constant", "edge", "reflect"):
         node.fail(f"mode {mode!r} is not supported")
-    width = node.ints("pad_width", ())
+    width = node.tuple("pad_width", ())
     if not width or len(width) % 2:
         node.fail(f"pad_width={width} must hold (before, after) for every axis")
     pads = np.array(width[0::2] + width[1::2], np.int64)
@@ -393,10 +393,10 @@ def _add_n(b, node):
 def _reduce(b, node):
     """Reduction over ``axis`` (all axes if none); MXNet returns shape (1,) for a full reduction."""
     (x,) = _inputs(b, node, 1)
-    if node.flag("exclude", False):
+    if node.bool("exclude", False):
         node.fail("exclude=True is not supported")
-    axes = node.ints("axis", ())
-    keepdims = int(node.flag("keepdims", False))
+    axes = node.tuple("axis", ())
+    keepdims = int(node.bool("keepdims", False))
     inputs = [x, b.const(np.array(axes, np.int64))] if axes else [x]
     y = b.emit(_REDUCTIONS[node.op], inputs, node, keepdims=keepdims)
     if not axes and not keepdims:

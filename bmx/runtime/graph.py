@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import packed
-from ..symbol_json import REQUIRED, attribute, parse_bool, parse_float, parse_int, parse_optional_int, parse_tuple
+from ..symbol_json import REQUIRED, TypedAttributes
 
 F32 = np.float32
 
@@ -11,7 +11,7 @@ class ShapeError(ValueError):
     """A node cannot take the shapes it is given (raised by the ops' infer)."""
 
 
-class Node:
+class Node(TypedAttributes):
     """A graph node: its name, op, attributes (strings, as MXNet writes them) and input entries."""
 
     __slots__ = ("name", "op", "attrs", "inputs", "file")
@@ -28,25 +28,6 @@ class Node:
     def shape_error(self, message):
         raise ShapeError(f"node '{self.name}' ({self.op}): {message}")
 
-    def _get(self, key, parse, default, what):
-        return attribute(self.attrs, key, parse, default, what, self.fail)
-
-    def int(self, key, default=None):
-        return self._get(key, parse_int, default, "an integer")
-
-    def optional_int(self, key):
-        """An integer attribute that may be missing or 'None' (both give None)."""
-        return self._get(key, parse_optional_int, None, "an integer or None")
-
-    def float(self, key, default=None):
-        return self._get(key, parse_float, default, "a number")
-
-    def bool(self, key, default=None):
-        return self._get(key, parse_bool, default, "a boolean")
-
-    def tuple(self, key, default=()):
-        return self._get(key, parse_tuple, default, "a tuple of integers")
-
     def str(self, key, default=None, choices=None):
         value = self._get(key, str, default, "a string")
         if choices is not None and value not in choices:
@@ -55,7 +36,7 @@ class Node:
 
     def pair(self, key, default):
         """A 2-D window attribute: kernel, stride, pad, dilate; '()' means the default."""
-        value = self.tuple(key) or default
+        value = self.tuple(key, ()) or default
         if value is REQUIRED:
             self.fail(f"attribute {key!r} is missing")
         if len(value) != 2 or any(v is None for v in value):

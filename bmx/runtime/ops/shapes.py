@@ -210,7 +210,7 @@ class _Softmax(Op):
                 node.fail("use_length=True is not supported")
             self.axis = node.int("axis", -1)
             temperature = node.str("temperature", "None")
-            self.temperature = 1.0 if temperature == "None" else node.float("temperature")
+            self.temperature = 1.0 if temperature == "None" else node.float("temperature", None)
         elif node.op == "SoftmaxActivation":
             self.axis, self.flatten = 1, node.str("mode", "instance", choices=("instance", "channel")) == "instance"
         else:
