@@ -1,0 +1,470 @@
+/*
+ * Int8 kernels of bmx.xnor: symmetric quantization of float32 to int8
+ * (bmx_quantize_int8) and the int8 convolution with exact int32 accumulation
+ * (bmx_int8_conv; a dense layer is its 1x1 case). Compiled into the Cython
+ * extension bmx/_xnor.pyx; runs on OpenMP threads when compiled with -fopenmp.
+ *
+ * Variants, chosen at run time like the xnor kernels of bitops.h (whose CPU
+ * checks, target attributes and OpenMP team size this file uses), all exact,
+ * so all give identical int32 results:
+ *   BMX_INT8_VNNI     AVX-512 VNNI: vpdpbusd multiplies unsigned by signed
+ *                     bytes, so activations are offset by +128 and each output
+ *                     channel's 128 * (sum of its weights) is subtracted again.
+ *                     Products of 4 terms, int32 sums modulo 2^32: exact.
+ *   BMX_INT8_AVX2     int8 sign-extended to int16 and vpmaddwd (no saturating
+ *                     vpmaddubsw: 2 * 128 * 128 does not fit int16).
+ *   BMX_INT8_PORTABLE plain C over the VNNI variant's data layout and offset
+ *                     (so those are exercised on every CPU); on any architecture.
+ */
+#ifndef BMX_INT8OPS_H_
+#define BMX_INT8OPS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bitops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { BMX_INT8_PORTABLE = 0, BMX_INT8_AVX2 = 1, BMX_INT8_VNNI = 2 };
+
+/* Whether this CPU (and OS) can run an int8 kernel variant. */
+static inline int bmx_int8_kernel_available(int kernel) {
+  switch (kernel) {
+    case BMX_INT8_PORTABLE:
+      return 1;
+#ifdef BMX_X86
+    case BMX_INT8_AVX2:
+      return bmx_kernel_available(BMX_KERNEL_AVX2);
+    case BMX_INT8_VNNI:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vnni");
+#endif
+    default:
+      return 0;
+  }
+}
+
+static inline int bmx_int8_kernel_best(void) {
+  if (bmx_int8_kernel_available(BMX_INT8_VNNI)) return BMX_INT8_VNNI;
+  if (bmx_int8_kernel_available(BMX_INT8_AVX2)) return BMX_INT8_AVX2;
+  return BMX_INT8_PORTABLE;
+}
+
+/* Below this much work (values, multiply-adds) a thread team costs more than it saves. */
+#define BMX_INT8_GRAIN 262144
+
+/*
+ * q[i] = clip(round(x[i] / scale), -127, 127) with the division in float32 and
+ * round half to even. Returns 0, or 1 when some x[i] is NaN (its q is then 0).
+ * Clipping first is the same (the bounds are integers) and keeps |v| <= 127,
+ * where adding and subtracting 1.5 * 2^23 rounds to an integer, ties to even
+ * (the default rounding mode; SSE2 has no round instruction to vectorise).
+ */
+static inline int bmx_quantize_int8(const float* x, size_t n, float scale, int8_t* q, int threads) {
+  int nan = 0;
+  const int team = bmx_team_size(threads);
+  (void)team;
+#pragma omp parallel for schedule(static) num_threads(team) reduction(| : nan) \
+    if (team > 1 && n > BMX_INT8_GRAIN)
+  for (long i = 0; i < (long)n; ++i) {
+    float v = x[i] / scale;
+    nan |= v != v;
+    v = v != v ? 0.0f : v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+    q[i] = (int8_t)((v + 12582912.0f) - 12582912.0f);
+  }
+  return nan;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Micro-kernels                                                             */
+/* ------------------------------------------------------------------------- */
+/*
+ * The convolution is a product C[m, p] = sum_k A[m, k] B[k, p]: m an output
+ * channel, p an output pixel, k = (c, a, b) an input channel and kernel tap.
+ * A tile is NR neighbouring outputs of one output row by up to MR channels.
+ * Its B operand is gathered per tile ("tile", built by the driver) in steps of
+ * `depth` consecutive k: tile[s][j][t] = B[depth s + t, p0 + j] (j < NR), and
+ * its A operand is packed once per call in blocks of MR rows: ap[s][m][t] =
+ * A[m0 + m, depth s + t] (0 past K and past the last row). A micro-kernel
+ * vectorises across the NR outputs, broadcasting `depth` weights at a time, and
+ * writes the raw sums of mr rows to c[m * NR + j] (modulo 2^32).
+ *
+ * Layouts: "quads" (depth 4, B as uint8 = activation + 128, A int8) for
+ * portable and VNNI; "pairs" (depth 2, both int16) for AVX2.
+ */
+#define BMX_I8_NR 16
+#define BMX_I8_MR_MAX 16
+
+typedef void (*bmx_i8_kernel)(int mr, const void* tile, const void* ap, size_t steps, uint32_t* c);
+
+/* 4 bytes as one 32-bit lane (a broadcast source); memcpy keeps it free of aliasing rules */
+static inline int32_t bmx_i8_lane(const void* p) {
+  int32_t v;
+  memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+#define BMX_I8_MR_PORTABLE 4
+
+static inline __attribute__((always_inline)) void bmx_i8_portable_body(
+    const int mr, const uint8_t* tile, const int8_t* ap, size_t steps, uint32_t* c) {
+  uint32_t acc[BMX_I8_MR_PORTABLE][BMX_I8_NR] = {{0}};
+  for (size_t s = 0; s < steps; ++s, tile += 4 * BMX_I8_NR, ap += 4 * BMX_I8_MR_PORTABLE) {
+    for (int m = 0; m < mr; ++m) {
+      const int32_t a0 = ap[4 * m], a1 = ap[4 * m + 1], a2 = ap[4 * m + 2], a3 = ap[4 * m + 3];
+      /* four products of at most 255 * 128 fit int32; the running sum wraps, as vpdpbusd's */
+      for (int j = 0; j < BMX_I8_NR; ++j)
+        acc[m][j] += (uint32_t)(a0 * tile[4 * j] + a1 * tile[4 * j + 1] + a2 * tile[4 * j + 2] +
+                                a3 * tile[4 * j + 3]);
+    }
+  }
+  for (int m = 0; m < mr; ++m) memcpy(c + m * BMX_I8_NR, acc[m], sizeof(acc[m]));
+}
+
+static inline void bmx_i8_portable(int mr, const void* tile, const void* ap, size_t steps,
+                                   uint32_t* c) {
+  const uint8_t* t = (const uint8_t*)tile;
+  const int8_t* a = (const int8_t*)ap;
+  /* constant mr per case keeps the accumulators' loops fixed */
+  switch (mr) {
+    case 4: bmx_i8_portable_body(4, t, a, steps, c); break;
+    case 3: bmx_i8_portable_body(3, t, a, steps, c); break;
+    case 2: bmx_i8_portable_body(2, t, a, steps, c); break;
+    default: bmx_i8_portable_body(1, t, a, steps, c); break;
+  }
+}
+
+#ifdef BMX_X86
+/*
+ * AVX2: 6 channels x 16 outputs = 12 ymm accumulators, 2 tile vectors and a
+ * broadcast pair of weights. vpmaddwd adds two int16 products (at most 2 * 2^14)
+ * into each int32 lane: exact.
+ */
+#define BMX_I8_MR_AVX2 6
+
+static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_i8_avx2_body(
+    const int mr, const int16_t* tile, const int16_t* ap, size_t steps, uint32_t* c) {
+  __m256i lo[BMX_I8_MR_AVX2], hi[BMX_I8_MR_AVX2]; /* outputs 0-7 and 8-15 */
+#pragma GCC unroll 6
+  for (int m = 0; m < mr; ++m) lo[m] = hi[m] = _mm256_setzero_si256();
+  for (size_t s = 0; s < steps; ++s, tile += 2 * BMX_I8_NR, ap += 2 * BMX_I8_MR_AVX2) {
+    const __m256i b0 = _mm256_loadu_si256((const __m256i*)tile);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i*)(tile + 16));
+#pragma GCC unroll 6
+    for (int m = 0; m < mr; ++m) {
+      const __m256i a = _mm256_set1_epi32(bmx_i8_lane(ap + 2 * m));
+      lo[m] = _mm256_add_epi32(lo[m], _mm256_madd_epi16(b0, a));
+      hi[m] = _mm256_add_epi32(hi[m], _mm256_madd_epi16(b1, a));
+    }
+  }
+#pragma GCC unroll 6
+  for (int m = 0; m < mr; ++m) {
+    _mm256_storeu_si256((__m256i*)(c + m * BMX_I8_NR), lo[m]);
+    _mm256_storeu_si256((__m256i*)(c + m * BMX_I8_NR + 8), hi[m]);
+  }
+}
+
+static inline BMX_AVX2_TARGET void bmx_i8_avx2(int mr, const void* tile, const void* ap,
+                                               size_t steps, uint32_t* c) {
+  const int16_t* t = (const int16_t*)tile;
+  const int16_t* a = (const int16_t*)ap;
+  switch (mr) {
+    case 6: bmx_i8_avx2_body(6, t, a, steps, c); break;
+    case 5: bmx_i8_avx2_body(5, t, a, steps, c); break;
+    case 4: bmx_i8_avx2_body(4, t, a, steps, c); break;
+    case 3: bmx_i8_avx2_body(3, t, a, steps, c); break;
+    case 2: bmx_i8_avx2_body(2, t, a, steps, c); break;
+    default: bmx_i8_avx2_body(1, t, a, steps, c); break;
+  }
+}
+
+/* The pairs tile of one step: bytes of k = 2s and 2s + 1 interleaved, then widened. */
+static inline BMX_AVX2_TARGET void bmx_i8_tile_pairs_avx2(const uint8_t* base, const size_t* off,
+                                                          size_t steps, void* tile) {
+  int16_t* t = (int16_t*)tile;
+  for (size_t s = 0; s < steps; ++s, t += 2 * BMX_I8_NR) {
+    const __m128i r0 = _mm_loadu_si128((const __m128i*)(base + off[2 * s]));
+    const __m128i r1 = _mm_loadu_si128((const __m128i*)(base + off[2 * s + 1]));
+    _mm256_storeu_si256((__m256i*)t, _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(r0, r1)));
+    _mm256_storeu_si256((__m256i*)(t + 16), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(r0, r1)));
+  }
+}
+
+/*
+ * AVX-512 VNNI: 16 channels x 16 outputs = 16 zmm accumulators, each step one
+ * tile load and 16 vpdpbusd with broadcast weights.
+ */
+#define BMX_I8_MR_VNNI 16
+#define BMX_AVX512_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+static inline __attribute__((always_inline)) BMX_AVX512_VNNI_TARGET void bmx_i8_vnni_body(
+    const int mr, const uint8_t* tile, const int8_t* ap, size_t steps, uint32_t* c) {
+  __m512i acc[BMX_I8_MR_VNNI];
+  for (int m = 0; m < mr; ++m) acc[m] = _mm512_setzero_si512();
+  for (size_t s = 0; s < steps; ++s, tile += 4 * BMX_I8_NR, ap += 4 * BMX_I8_MR_VNNI) {
+    const __m512i b = _mm512_loadu_si512((const void*)tile);
+    for (int m = 0; m < mr; ++m)
+      acc[m] = _mm512_dpbusd_epi32(acc[m], b, _mm512_set1_epi32(bmx_i8_lane(ap + 4 * m)));
+  }
+  for (int m = 0; m < mr; ++m) _mm512_storeu_si512((void*)(c + m * BMX_I8_NR), acc[m]);
+}
+
+static inline BMX_AVX512_VNNI_TARGET void bmx_i8_vnni(int mr, const void* tile, const void* ap,
+                                                      size_t steps, uint32_t* c) {
+  const uint8_t* t = (const uint8_t*)tile;
+  const int8_t* a = (const int8_t*)ap;
+  switch (mr) {
+#define BMX_I8_CASE(r) \
+  case r: bmx_i8_vnni_body(r, t, a, steps, c); break;
+    BMX_I8_CASE(16) BMX_I8_CASE(15) BMX_I8_CASE(14) BMX_I8_CASE(13)
+    BMX_I8_CASE(12) BMX_I8_CASE(11) BMX_I8_CASE(10) BMX_I8_CASE(9)
+    BMX_I8_CASE(8) BMX_I8_CASE(7) BMX_I8_CASE(6) BMX_I8_CASE(5)
+    BMX_I8_CASE(4) BMX_I8_CASE(3) BMX_I8_CASE(2)
+#undef BMX_I8_CASE
+    default: bmx_i8_vnni_body(1, t, a, steps, c); break;
+  }
+}
+#endif /* BMX_X86 */
+
+/* The quads tile: tile[s][j][t] = base[off[4 s + t] + j] (bytes already offset by 128). */
+static inline void bmx_i8_tile_quads(const uint8_t* base, const size_t* off, size_t steps,
+                                     void* tile) {
+  uint8_t* out = (uint8_t*)tile;
+  for (size_t s = 0; s < steps; ++s, out += 4 * BMX_I8_NR)
+    for (int t = 0; t < 4; ++t) {
+      const uint8_t* src = base + off[4 * s + t];
+      for (int j = 0; j < BMX_I8_NR; ++j) out[4 * j + t] = src[j];
+    }
+}
+
+typedef void (*bmx_i8_tile_fn)(const uint8_t* base, const size_t* off, size_t steps, void* tile);
+
+/* What a variant needs: its micro-kernel and tile builder and its layout. */
+typedef struct bmx_i8_variant {
+  bmx_i8_kernel kernel;
+  bmx_i8_tile_fn tile;
+  int mr, depth, wide; /* wide: int16 elements (pairs), else bytes (quads, offset by 128) */
+} bmx_i8_variant;
+
+static inline bmx_i8_variant bmx_i8_variant_of(int kernel) {
+  bmx_i8_variant v = {bmx_i8_portable, bmx_i8_tile_quads, BMX_I8_MR_PORTABLE, 4, 0};
+#ifdef BMX_X86
+  if (kernel == BMX_INT8_AVX2) {
+    v.kernel = bmx_i8_avx2;
+    v.tile = bmx_i8_tile_pairs_avx2;
+    v.mr = BMX_I8_MR_AVX2;
+    v.depth = 2;
+    v.wide = 1;
+  } else if (kernel == BMX_INT8_VNNI) {
+    v.kernel = bmx_i8_vnni;
+    v.mr = BMX_I8_MR_VNNI;
+  }
+#else
+  (void)kernel;
+#endif
+  return v;
+}
+
+/*
+ * Packs rows r < rows of A (row r at a + r * k, k values) into blocks of v.mr
+ * rows, [s][m][t] per block (see above), and for quads each row's offset
+ * correction corr[r] = 128 * sum of the row (modulo 2^32), else 0.
+ */
+static inline void bmx_i8_pack_a(const bmx_i8_variant* v, const int8_t* a, size_t rows, size_t k,
+                                 size_t steps, void* out, uint32_t* corr) {
+  const size_t mr = (size_t)v->mr, depth = (size_t)v->depth, block = steps * mr * depth;
+  for (size_t r = 0; r < rows; ++r) {
+    const size_t b = r / mr, m = r % mr;
+    uint32_t sum = 0;
+    for (size_t s = 0; s < steps; ++s)
+      for (size_t t = 0; t < depth; ++t) {
+        const size_t kk = s * depth + t, at = b * block + (s * mr + m) * depth + t;
+        const int8_t value = kk < k ? a[r * k + kk] : 0;
+        sum += (uint32_t)(int32_t)value;
+        if (v->wide)
+          ((int16_t*)out)[at] = value;
+        else
+          ((int8_t*)out)[at] = value;
+      }
+    corr[r] = v->wide ? 0 : sum * 128u;
+  }
+  /* rows past the last in the last block are 0 */
+  const size_t blocks = (rows + mr - 1) / mr, elem = v->wide ? 2 : 1;
+  for (size_t r = rows; r < blocks * mr; ++r)
+    for (size_t s = 0; s < steps; ++s)
+      memset((char*)out + ((r / mr) * block + (s * mr + r % mr) * depth) * elem, 0, depth * elem);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The convolution driver                                                    */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Where results go. acc != NULL: int32 results. Else y gets float32
+ * y = (float)acc * scale[i] + bias[i] (bias may be NULL: 0), rounded after the
+ * product and after the sum, with i the output channel, or with per_column the
+ * output pixel index p = oh_index * out_w + ow_index (a dense layer computed
+ * with the roles of its operands swapped, see bmx.xnor.int8_dense).
+ */
+typedef struct bmx_int8_output {
+  int32_t* acc;
+  float* y;
+  const float* scale;
+  const float* bias;
+  int per_column;
+} bmx_int8_output;
+
+/* Writes a tile's results: rows m < mr (channels o0 + m, plane stride ldo) from dst on. */
+static inline void bmx_i8_store(const uint32_t* c, int mr, int ncols, const uint32_t* corr,
+                                const bmx_int8_output* out, size_t o0, size_t col0, size_t dst,
+                                size_t ldo) {
+  for (int m = 0; m < mr; ++m) {
+    const uint32_t* row = c + m * BMX_I8_NR;
+    const size_t at = dst + (size_t)m * ldo;
+    if (out->acc != NULL) {
+      for (int j = 0; j < ncols; ++j) out->acc[at + j] = (int32_t)(row[j] - corr[m]);
+    } else if (out->per_column) {
+      const float* s = out->scale + col0;
+      const float* b = out->bias != NULL ? out->bias + col0 : NULL;
+      for (int j = 0; j < ncols; ++j) {
+        const float product = (float)(int32_t)(row[j] - corr[m]) * s[j];
+        out->y[at + j] = b != NULL ? product + b[j] : product;
+      }
+    } else {
+      const float s = out->scale[o0 + m], b = out->bias != NULL ? out->bias[o0 + m] : 0.0f;
+      for (int j = 0; j < ncols; ++j) {
+        const float product = (float)(int32_t)(row[j] - corr[m]) * s;
+        out->y[at + j] = out->bias != NULL ? product + b : product;
+      }
+    }
+  }
+}
+
+/*
+ * Int8 2-D convolution, NCHW, as MXNet's Convolution (cross-correlation) with
+ * zero padding (the zero point of symmetric quantization):
+ *     acc[n, o, i, j] = sum over c < Cg, a < kh, b < kw of
+ *                       W[o, c, a, b] * x[n, g Cg + c, i sh + a dh - ph, j sw + b dw - pw]
+ * in int32, exact when Cg * kh * kw <= 131071 (the caller checks), with G =
+ * groups, Cg = channels / G, Og = out_channels / G and g = o / Og. x is
+ * contiguous (batch, channels, h, w), w contiguous (out_channels, Cg, kh, kw);
+ * results go to a contiguous (batch, out_channels, oh, ow) array (see
+ * bmx_int8_output), (oh, ow) as MXNet's ('valid') output size. threads <= 0
+ * uses the OpenMP default. Returns 0, -1 when memory ran out, -2 for an empty
+ * kernel or output.
+ *
+ * As floatops.h's bmx_conv_f32, the padded input is first copied split by
+ * column phase, xp[n, c, r, f, t] = padded x[n, c, r, t sw + f], so that tap
+ * (a, b) of the NR outputs j0 .. j0 + NR - 1 of row i reads NR contiguous bytes
+ * (quads store x + 128, i.e. x XOR 0x80, padding included). A 1x1 stride-1
+ * unpadded convolution is computed as one row of h * w pixels (no short rows).
+ */
+static inline int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, size_t h,
+                                size_t w, const int8_t* wt, size_t out_channels, size_t groups,
+                                size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
+                                size_t dh, size_t dw, const bmx_int8_output* out, int kernel,
+                                int threads) {
+  const bmx_i8_variant v = bmx_i8_variant_of(kernel);
+  if (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {
+    w *= h;
+    h = 1;
+  }
+  const size_t oh = bmx_conv_out_extent(h, ph, kh, sh, dh);
+  const size_t ow = bmx_conv_out_extent(w, pw, kw, sw, dw);
+  const size_t cg = channels / groups, og = out_channels / groups, k = cg * kh * kw;
+  if (k == 0 || oh == 0 || ow == 0 || og == 0 || batch == 0) return -2;
+  const size_t depth = (size_t)v.depth, steps = (k + depth - 1) / depth, elem = v.wide ? 2 : 1;
+  const size_t mr = (size_t)v.mr, blocks = (og + mr - 1) / mr, block = steps * mr * depth;
+  const size_t tiles_w = (ow + BMX_I8_NR - 1) / BMX_I8_NR;
+  const size_t hp = h + 2 * ph, len = tiles_w * BMX_I8_NR + (kw - 1) * dw / sw;
+  const size_t plane = hp * sw * len;
+  const uint8_t shift = v.wide ? 0 : 0x80;
+  uint8_t* xp = (uint8_t*)malloc(batch * channels * plane);
+  size_t* offsets = (size_t*)malloc(steps * depth * sizeof(size_t));
+  void* ap = malloc(groups * blocks * block * elem);
+  uint32_t* corr = (uint32_t*)malloc((groups * blocks * mr) * sizeof(uint32_t));
+  if (xp == NULL || offsets == NULL || ap == NULL || corr == NULL) {
+    free(xp);
+    free(offsets);
+    free(ap);
+    free(corr);
+    return -1;
+  }
+  for (size_t c = 0; c < cg; ++c)
+    for (size_t a = 0; a < kh; ++a)
+      for (size_t b = 0; b < kw; ++b)
+        offsets[(c * kh + a) * kw + b] =
+            c * plane + (a * dh * sw + b * dw % sw) * len + b * dw / sw;
+  /* k past the last term: any readable bytes, the weights there are 0 */
+  for (size_t t = k; t < steps * depth; ++t) offsets[t] = 0;
+  for (size_t g = 0; g < groups; ++g)
+    bmx_i8_pack_a(&v, wt + g * og * k, og, k, steps, (char*)ap + g * blocks * block * elem,
+                  corr + g * blocks * mr);
+  const int team = bmx_team_size(threads);
+  const size_t work = batch * out_channels * oh * ow * k;
+  const int parallel = team > 1 && work > BMX_INT8_GRAIN;
+  (void)parallel;
+  const long rows = (long)(batch * channels * hp);
+#pragma omp parallel for schedule(static) num_threads(team) if (parallel)
+  for (long t = 0; t < rows; ++t) {
+    const size_t nc = (size_t)t / hp, r = (size_t)t % hp;
+    uint8_t* dst = xp + nc * plane + r * sw * len;
+    const size_t row = r - ph; /* unsigned wrap-around: padding rows fail row < h */
+    const int8_t* src = row < h ? x + (nc * h + row) * w : NULL;
+    for (size_t f = 0; f < sw; ++f)
+      for (size_t q = 0; q < len; ++q) {
+        const size_t col = q * sw + f - pw;
+        dst[f * len + q] = (uint8_t)((src != NULL && col < w ? (uint8_t)src[col] : 0) ^ shift);
+      }
+  }
+  /* few tiles (a small image, a batch-1 dense layer): split each over its channel blocks too */
+  const size_t tiles = batch * groups * oh * tiles_w;
+  size_t splits = parallel ? (4 * (size_t)team + tiles - 1) / tiles : 1;
+  if (splits > blocks) splits = blocks;
+  const size_t per_split = (blocks + splits - 1) / splits;
+  int failed = 0;
+#pragma omp parallel num_threads(team) if (parallel)
+  {
+    void* tile = malloc(steps * depth * BMX_I8_NR * elem);
+    uint32_t c[BMX_I8_MR_MAX * BMX_I8_NR];
+    if (tile == NULL) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (long task = 0; task < (long)(tiles * splits); ++task) {
+      if (tile == NULL) continue;
+      const size_t u = (size_t)task / splits, part = (size_t)task % splits;
+      const size_t j0 = u % tiles_w * BMX_I8_NR, i = u / tiles_w % oh;
+      const size_t g = u / (tiles_w * oh) % groups, n = u / (tiles_w * oh * groups);
+      const int ncols = ow - j0 < BMX_I8_NR ? (int)(ow - j0) : BMX_I8_NR;
+      v.tile(xp + (n * channels + g * cg) * plane + i * sh * sw * len + j0, offsets, steps, tile);
+      const size_t b1 = (part + 1) * per_split < blocks ? (part + 1) * per_split : blocks;
+      for (size_t b = part * per_split; b < b1; ++b) {
+        const size_t m0 = b * mr, o = g * og + m0;
+        const int rows_here = og - m0 < mr ? (int)(og - m0) : (int)mr;
+        v.kernel(rows_here, tile, (const char*)ap + (g * blocks + b) * block * elem, steps, c);
+        bmx_i8_store(c, rows_here, ncols, corr + g * blocks * mr + m0, out, o, i * ow + j0,
+                     ((n * out_channels + o) * oh + i) * ow + j0, oh * ow);
+      }
+    }
+    free(tile);
+  }
+  free(xp);
+  free(offsets);
+  free(ap);
+  free(corr);
+  return failed ? -1 : 0;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BMX_INT8OPS_H_ */
