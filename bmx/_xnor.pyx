@@ -74,8 +74,12 @@ cdef extern from "int8ops.h" nogil:
         const float* scale
         const float* bias
         int per_column
+    size_t bmx_int8_packed_bytes(int kernel, size_t out_channels, size_t groups, size_t k)
+    void bmx_int8_pack_weights(int kernel, const int8_t* w, size_t out_channels, size_t groups,
+                               size_t k, void* packed)
     int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, size_t h, size_t w,
-                      const int8_t* wt, size_t out_channels, size_t groups, size_t kh, size_t kw,
+                      const int8_t* wt, const void* packed, size_t out_channels, size_t groups,
+                      size_t kh, size_t kw,
                       size_t sh, size_t sw, size_t ph, size_t pw, size_t dh, size_t dw,
                       const bmx_int8_output* out, int kernel, int threads)
 
@@ -318,12 +322,23 @@ def quantize_int8(const float[::1] x, float scale, int threads):
     return result, nan != 0
 
 
+def int8_pack(const int8_t[:, :, :, ::1] w, size_t groups, int kernel):
+    """w (O, C / groups, KH, KW) packed for the int8 kernel `kernel` (uint8, see int8ops.h)."""
+    cdef size_t o = w.shape[0], k = w.shape[1] * w.shape[2] * w.shape[3]
+    packed = np.empty(bmx_int8_packed_bytes(kernel, o, groups, k), dtype=np.uint8)
+    cdef unsigned char[::1] p = packed
+    with nogil:
+        bmx_int8_pack_weights(kernel, &w[0, 0, 0, 0], o, groups, k, &p[0])
+    return packed
+
+
 def int8_conv(const int8_t[:, :, :, ::1] x, const int8_t[:, :, :, ::1] w, size_t groups, stride,
               pad, dilation, const float[::1] scale, const float[::1] bias, bint per_column,
-              int kernel, int threads):
+              int kernel, int threads, const unsigned char[::1] packed=None):
     """int8 convolution of x (N, C, H, W) with w (O, C / groups, KH, KW): int32 (N, O, OH, OW), or
     float32 ``acc * scale + bias`` with scale (and bias, or None) per channel, or with per_column
-    per output pixel (see int8ops.h). Output extents must be positive."""
+    per output pixel (see int8ops.h). ``packed``: int8_pack(w, groups, kernel), or None to pack
+    here. Output extents must be positive."""
     cdef size_t sh, sw, ph, pw, dh, dw
     sh, sw = stride
     ph, pw = pad
@@ -351,10 +366,11 @@ def int8_conv(const int8_t[:, :, :, ::1] x, const int8_t[:, :, :, ::1] w, size_t
         out.per_column = per_column
     if result.size == 0:
         return result
+    cdef const void* pp = &packed[0] if packed is not None else NULL
     cdef int rc
     with nogil:
         rc = bmx_int8_conv(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
-                           &w[0, 0, 0, 0], w.shape[0], groups, kh, kw, sh, sw, ph, pw, dh, dw,
+                           &w[0, 0, 0, 0], pp, w.shape[0], groups, kh, kw, sh, sw, ph, pw, dh, dw,
                            &out, kernel, threads)
     _check(rc, "bmx_int8_conv")
     return result

@@ -469,24 +469,22 @@ def quantize_int8(x, scale, *, threads=None):
     a reference to agree) and rounds half to even; +-inf clip to +-127. A NaN in x is an error.
     """
     x = _float32(x, "quantize_int8: x")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
-        raise TypeError(f"quantize_int8: scale must be a float, got {type(scale).__name__}")
-    scale32 = np.float32(scale)
-    if not (np.isfinite(scale32) and scale32 >= np.finfo(np.float32).tiny):
-        raise ValueError(f"quantize_int8: scale must be positive, finite and a normal float32, got {scale!r}")
-    q, has_nan = _xnor.quantize_int8(x.reshape(-1), float(scale32), _threads(threads))
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or \
+            not float(np.finfo(np.float32).tiny) <= scale <= float(np.finfo(np.float32).max):
+        raise ValueError(f"quantize_int8: scale must be a positive finite float in float32's normal range, got {scale!r}")
+    q, has_nan = _xnor.quantize_int8(x.reshape(-1), float(np.float32(scale)), _threads(threads))
     if has_nan:
         raise ValueError("quantize_int8: x holds NaN")
     return q.reshape(x.shape)
 
 
 class Int8Weights:
-    """int8 weights validated once for :func:`int8_conv2d` or :func:`int8_dense` (from
-    :func:`pack_int8_weights`). ``array``: the C-contiguous int8 weights, (O, C / groups, KH, KW) or
-    (O, K); ``columns``: for (O, K) weights their (K, O) transpose, which int8_dense multiplies
-    with (re-made on every call from a plain array), else None."""
+    """int8 weights prepared once for :func:`int8_conv2d` or :func:`int8_dense` (from
+    :func:`pack_int8_weights`). ``array``: the C-contiguous int8 weights (read-only), (O, C / groups,
+    KH, KW) or (O, K). A convolution weight keeps its kernel layout per (kernel, groups) after first
+    use; a dense weight holds its (K, O) transpose ``columns``, which int8_dense multiplies with."""
 
-    __slots__ = ("array", "columns")
+    __slots__ = ("array", "columns", "_packed")
 
     def __init__(self, array):
         array = np.asarray(array)
@@ -495,14 +493,19 @@ class Int8Weights:
                              f"got {array.dtype} {array.shape}")
         self.array = np.array(array, order="C")
         self.columns = np.ascontiguousarray(self.array.T) if array.ndim == 2 else None
-        for a in (self.array, self.columns):
-            if a is not None:
-                a.flags.writeable = False
+        self._packed = {}
+        self.array.flags.writeable = False
+
+    def packed(self, kernel_id, groups):
+        """The layout of int8ops.h's bmx_int8_pack_weights for one kernel and group count."""
+        if (kernel_id, groups) not in self._packed:
+            self._packed[kernel_id, groups] = _xnor.int8_pack(self.array, groups, kernel_id)
+        return self._packed[kernel_id, groups]
 
 
 def pack_int8_weights(wq):
     """Constant int8 weights prepared once: an :class:`Int8Weights`, which :func:`int8_conv2d` and
-    :func:`int8_dense` take in place of wq (a dense weight's transpose is then not re-made)."""
+    :func:`int8_dense` take in place of wq (then not re-laid out for the kernels on every call)."""
     return Int8Weights(wq)
 
 
@@ -515,24 +518,21 @@ def _int8(x, name, ndim):
     return np.ascontiguousarray(x)
 
 
-def _int8_terms(terms, name):
+def _int8_arguments(name, terms, out_scale, bias, channels, kernel):
+    """Validated (out_scale, bias, kernel id): float32 (channels,) each or None; the terms per output."""
     if terms > _MAX_INT8_TERMS:
         raise ValueError(f"{name}: {terms} products per output could overflow int32 (at most {_MAX_INT8_TERMS})")
-
-
-def _int8_epilogue(out_scale, bias, channels, name):
-    """Validated (out_scale, bias): float32 (channels,) each, or None."""
     if out_scale is None:
         if bias is not None:
             raise ValueError(f"{name}: bias needs out_scale (the int32 results carry no bias)")
-        return None, None
+        return None, None, _int8_kernel_id(kernel, name)
     checked = []
     for label, v in (("out_scale", out_scale), ("bias", bias)):
-        v = None if v is None else np.asarray(v)
+        v = None if v is None else np.ascontiguousarray(v)
         if v is not None and (v.dtype != np.float32 or v.shape != (channels,)):
             raise ValueError(f"{name}: {label} must be float32 of shape ({channels},), got {v.dtype} {v.shape}")
-        checked.append(None if v is None else np.ascontiguousarray(v))
-    return checked
+        checked.append(v)
+    return checked + [_int8_kernel_id(kernel, name)]
 
 
 def int8_conv2d(xq, wq, *, stride=1, padding=0, dilation=1, groups=1, out_scale=None, bias=None, kernel=None,
@@ -548,7 +548,8 @@ def int8_conv2d(xq, wq, *, stride=1, padding=0, dilation=1, groups=1, out_scale=
     """
     name = "int8_conv2d"
     xq = _int8(xq, f"{name}: xq", 4)
-    wq = _int8(wq.array if isinstance(wq, Int8Weights) else wq, f"{name}: wq", 4)
+    prepared = wq if isinstance(wq, Int8Weights) else None
+    wq = _int8(wq.array if prepared else wq, f"{name}: wq", 4)
     groups = _positive(groups, f"{name}: groups")
     (n, c, h, w), (o, cg, kh, kw) = xq.shape, wq.shape
     if min(wq.shape) == 0:
@@ -556,17 +557,15 @@ def int8_conv2d(xq, wq, *, stride=1, padding=0, dilation=1, groups=1, out_scale=
     if o % groups or cg * groups != c:
         raise ValueError(f"{name}: {groups} groups of wq {wq.shape} need {cg * groups} input channels and "
                          f"output channels divisible by {groups}; xq has shape {xq.shape}")
-    _int8_terms(cg * kh * kw, name)
     stride = _pair(stride, f"{name}: stride", 1)
     padding = _pair(padding, f"{name}: padding", 0)
     dilation = _pair(dilation, f"{name}: dilation", 1)
     oh, ow = _out_extents(name, (h, w), (kh, kw), stride, padding, dilation)
-    scale, bias = _int8_epilogue(out_scale, bias, o, name)
-    kernel_id = _int8_kernel_id(kernel, name)
+    scale, bias, kernel_id = _int8_arguments(name, cg * kh * kw, out_scale, bias, o, kernel)
     if n == 0:
         return np.zeros((0, o, oh, ow), dtype=np.int32 if scale is None else np.float32)
-    return _xnor.int8_conv(xq, wq, groups, stride, padding, dilation, scale, bias, False, kernel_id,
-                           _threads(threads))
+    return _xnor.int8_conv(xq, wq, groups, stride, padding, dilation, scale, bias, False, kernel_id, _threads(threads),
+                           prepared.packed(kernel_id, groups) if prepared else None)
 
 
 def int8_dense(xq, wq, *, out_scale=None, bias=None, kernel=None, threads=None):
@@ -580,13 +579,9 @@ def int8_dense(xq, wq, *, out_scale=None, bias=None, kernel=None, threads=None):
     columns = wq.columns if isinstance(wq, Int8Weights) else None
     wq = _int8(wq.array if isinstance(wq, Int8Weights) else wq, f"{name}: wq", 2)
     (n, k), o = xq.shape, wq.shape[0]
-    if wq.size == 0:
-        raise ValueError(f"{name}: wq must not be empty, got shape {wq.shape}")
-    if wq.shape[1] != k:
-        raise ValueError(f"{name}: xq has {k} features per row, wq {wq.shape} expects {wq.shape[1]}")
-    _int8_terms(k, name)
-    scale, bias = _int8_epilogue(out_scale, bias, o, name)
-    kernel_id = _int8_kernel_id(kernel, name)
+    if wq.size == 0 or wq.shape[1] != k:
+        raise ValueError(f"{name}: wq must be non-empty with the {k} features of a row of xq, got shape {wq.shape}")
+    scale, bias, kernel_id = _int8_arguments(name, k, out_scale, bias, o, kernel)
     if n == 0:
         return np.zeros((0, o), dtype=np.int32 if scale is None else np.float32)
     if columns is None:

@@ -90,7 +90,8 @@ static inline int bmx_quantize_int8(const float* x, size_t n, float scale, int8_
  * A tile is NR neighbouring outputs of one output row by up to MR channels.
  * Its B operand is gathered per tile ("tile", built by the driver) in steps of
  * `depth` consecutive k: tile[s][j][t] = B[depth s + t, p0 + j] (j < NR), and
- * its A operand is packed once per call in blocks of MR rows: ap[s][m][t] =
+ * its A operand (the weights) is packed in blocks of MR rows, once per call
+ * or ahead (bmx_int8_pack_weights): ap[s][m][t] =
  * A[m0 + m, depth s + t] (0 past K and past the last row). A micro-kernel
  * vectorises across the NR outputs, broadcasting `depth` weights at a time, and
  * writes the raw sums of mr rows to c[m * NR + j] (modulo 2^32).
@@ -184,13 +185,25 @@ static inline BMX_AVX2_TARGET void bmx_i8_avx2(int mr, const void* tile, const v
   }
 }
 
-/* The pairs tile of one step: bytes of k = 2s and 2s + 1 interleaved, then widened. */
+/*
+ * The pairs tile: per step the bytes of k = 2s and 2s + 1 interleaved, then
+ * widened. A partial tile (ncols < NR) reads only its ncols bytes per term.
+ */
 static inline BMX_AVX2_TARGET void bmx_i8_tile_pairs_avx2(const uint8_t* base, const size_t* off,
-                                                          size_t steps, void* tile) {
+                                                          size_t steps, int ncols, void* tile) {
   int16_t* t = (int16_t*)tile;
+  uint8_t part[2][BMX_I8_NR] = {{0}};
   for (size_t s = 0; s < steps; ++s, t += 2 * BMX_I8_NR) {
-    const __m128i r0 = _mm_loadu_si128((const __m128i*)(base + off[2 * s]));
-    const __m128i r1 = _mm_loadu_si128((const __m128i*)(base + off[2 * s + 1]));
+    const uint8_t* p0 = base + off[2 * s];
+    const uint8_t* p1 = base + off[2 * s + 1];
+    if (ncols < BMX_I8_NR) {
+      memcpy(part[0], p0, (size_t)ncols);
+      memcpy(part[1], p1, (size_t)ncols);
+      p0 = part[0];
+      p1 = part[1];
+    }
+    const __m128i r0 = _mm_loadu_si128((const __m128i*)p0);
+    const __m128i r1 = _mm_loadu_si128((const __m128i*)p1);
     _mm256_storeu_si256((__m256i*)t, _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(r0, r1)));
     _mm256_storeu_si256((__m256i*)(t + 16), _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(r0, r1)));
   }
@@ -232,18 +245,27 @@ static inline BMX_AVX512_VNNI_TARGET void bmx_i8_vnni(int mr, const void* tile, 
 }
 #endif /* BMX_X86 */
 
-/* The quads tile: tile[s][j][t] = base[off[4 s + t] + j] (bytes already offset by 128). */
+/*
+ * The quads tile: tile[s][j][t] = base[off[4 s + t] + j] + 128 (XOR 0x80 turns
+ * int8 into the offset uint8); columns past ncols are 0.
+ */
 static inline void bmx_i8_tile_quads(const uint8_t* base, const size_t* off, size_t steps,
-                                     void* tile) {
+                                     int ncols, void* tile) {
   uint8_t* out = (uint8_t*)tile;
+  if (ncols < BMX_I8_NR) memset(out, 0, steps * 4 * BMX_I8_NR);
   for (size_t s = 0; s < steps; ++s, out += 4 * BMX_I8_NR)
     for (int t = 0; t < 4; ++t) {
       const uint8_t* src = base + off[4 * s + t];
-      for (int j = 0; j < BMX_I8_NR; ++j) out[4 * j + t] = src[j];
+      if (ncols == BMX_I8_NR) {
+        for (int j = 0; j < BMX_I8_NR; ++j) out[4 * j + t] = src[j] ^ 0x80;
+      } else {
+        for (int j = 0; j < ncols; ++j) out[4 * j + t] = src[j] ^ 0x80;
+      }
     }
 }
 
-typedef void (*bmx_i8_tile_fn)(const uint8_t* base, const size_t* off, size_t steps, void* tile);
+typedef void (*bmx_i8_tile_fn)(const uint8_t* base, const size_t* off, size_t steps, int ncols,
+                               void* tile);
 
 /* What a variant needs: its micro-kernel and tile builder and its layout. */
 typedef struct bmx_i8_variant {
@@ -272,33 +294,57 @@ static inline bmx_i8_variant bmx_i8_variant_of(int kernel) {
 }
 
 /*
- * Packs rows r < rows of A (row r at a + r * k, k values) into blocks of v.mr
- * rows, [s][m][t] per block (see above), and for quads each row's offset
- * correction corr[r] = 128 * sum of the row (modulo 2^32), else 0.
+ * Packed weights of a variant, one buffer: first the offset corrections, then
+ * the panels. Output channel o of group g is row m = o % Og of the group, in
+ * block b = m / MR; corr[g * blocks + b][m % MR] = 128 * (sum of its weights)
+ * modulo 2^32 for quads, else 0; block (g, b) is [s][m][t] (see above),
+ * zeros past k and past the group's last channel.
  */
-static inline void bmx_i8_pack_a(const bmx_i8_variant* v, const int8_t* a, size_t rows, size_t k,
-                                 size_t steps, void* out, uint32_t* corr) {
-  const size_t mr = (size_t)v->mr, depth = (size_t)v->depth, block = steps * mr * depth;
-  for (size_t r = 0; r < rows; ++r) {
-    const size_t b = r / mr, m = r % mr;
+static inline size_t bmx_i8_blocks(const bmx_i8_variant* v, size_t out_channels, size_t groups) {
+  return (out_channels / groups + (size_t)v->mr - 1) / (size_t)v->mr;
+}
+
+static inline size_t bmx_i8_block_bytes(const bmx_i8_variant* v, size_t k) {
+  const size_t depth = (size_t)v->depth, steps = (k + depth - 1) / depth;
+  return steps * (size_t)v->mr * depth * (v->wide ? 2 : 1);
+}
+
+static inline size_t bmx_i8_corr_bytes(const bmx_i8_variant* v, size_t out_channels, size_t groups) {
+  return groups * bmx_i8_blocks(v, out_channels, groups) * (size_t)v->mr * sizeof(uint32_t);
+}
+
+/* Bytes of the packed form of (out_channels, k) weights in `groups` groups for `kernel`. */
+static inline size_t bmx_int8_packed_bytes(int kernel, size_t out_channels, size_t groups,
+                                           size_t k) {
+  const bmx_i8_variant v = bmx_i8_variant_of(kernel);
+  return bmx_i8_corr_bytes(&v, out_channels, groups) +
+         groups * bmx_i8_blocks(&v, out_channels, groups) * bmx_i8_block_bytes(&v, k);
+}
+
+/* Packs w (out_channels contiguous rows of k int8; k = Cg * kh * kw) for `kernel`. */
+static inline void bmx_int8_pack_weights(int kernel, const int8_t* w, size_t out_channels,
+                                         size_t groups, size_t k, void* packed) {
+  const bmx_i8_variant v = bmx_i8_variant_of(kernel);
+  const size_t mr = (size_t)v.mr, og = out_channels / groups;
+  const size_t blocks = bmx_i8_blocks(&v, out_channels, groups), block = bmx_i8_block_bytes(&v, k);
+  memset(packed, 0, bmx_int8_packed_bytes(kernel, out_channels, groups, k));
+  uint32_t* corr = (uint32_t*)packed;
+  char* panels = (char*)packed + bmx_i8_corr_bytes(&v, out_channels, groups);
+  for (size_t o = 0; o < out_channels; ++o) {
+    const size_t g = o / og, m = o % og, at = (g * blocks + m / mr) * mr + m % mr;
+    const int8_t* row = w + o * k;
+    char* dst = panels + (g * blocks + m / mr) * block;
     uint32_t sum = 0;
-    for (size_t s = 0; s < steps; ++s)
-      for (size_t t = 0; t < depth; ++t) {
-        const size_t kk = s * depth + t, at = b * block + (s * mr + m) * depth + t;
-        const int8_t value = kk < k ? a[r * k + kk] : 0;
-        sum += (uint32_t)(int32_t)value;
-        if (v->wide)
-          ((int16_t*)out)[at] = value;
-        else
-          ((int8_t*)out)[at] = value;
-      }
-    corr[r] = v->wide ? 0 : sum * 128u;
+    for (size_t kk = 0; kk < k; ++kk) sum += (uint32_t)(int32_t)row[kk];
+    if (v.wide) {
+      int16_t* d = (int16_t*)dst + 2 * (m % mr);
+      for (size_t kk = 0; kk < k; ++kk) d[(kk >> 1) * 2 * mr + (kk & 1)] = row[kk];
+    } else {
+      int8_t* d = (int8_t*)dst + 4 * (m % mr);
+      for (size_t kk = 0; kk < k; ++kk) d[(kk >> 2) * 4 * mr + (kk & 3)] = row[kk];
+      corr[at] = sum * 128u;
+    }
   }
-  /* rows past the last in the last block are 0 */
-  const size_t blocks = (rows + mr - 1) / mr, elem = v->wide ? 2 : 1;
-  for (size_t r = rows; r < blocks * mr; ++r)
-    for (size_t s = 0; s < steps; ++s)
-      memset((char*)out + ((r / mr) * block + (s * mr + r % mr) * depth) * elem, 0, depth * elem);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -355,23 +401,27 @@ static inline void bmx_i8_store(const uint32_t* c, int mr, int ncols, const uint
  * groups, Cg = channels / G, Og = out_channels / G and g = o / Og. x is
  * contiguous (batch, channels, h, w), w contiguous (out_channels, Cg, kh, kw);
  * results go to a contiguous (batch, out_channels, oh, ow) array (see
- * bmx_int8_output), (oh, ow) as MXNet's ('valid') output size. threads <= 0
+ * bmx_int8_output), (oh, ow) as MXNet's ('valid') output size. `packed` is
+ * the weights packed for this kernel by bmx_int8_pack_weights, or NULL to pack
+ * wt here (wt is not read otherwise). threads <= 0
  * uses the OpenMP default. Returns 0, -1 when memory ran out, -2 for an empty
  * kernel or output.
  *
  * As floatops.h's bmx_conv_f32, the padded input is first copied split by
  * column phase, xp[n, c, r, f, t] = padded x[n, c, r, t sw + f], so that tap
  * (a, b) of the NR outputs j0 .. j0 + NR - 1 of row i reads NR contiguous bytes
- * (quads store x + 128, i.e. x XOR 0x80, padding included). A 1x1 stride-1
- * unpadded convolution is computed as one row of h * w pixels (no short rows).
+ * (tiles of quads then hold x + 128: XOR 0x80). A 1x1 stride-1 unpadded
+ * convolution is computed as one row of h * w pixels (no short rows), read in
+ * place.
  */
 static inline int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, size_t h,
-                                size_t w, const int8_t* wt, size_t out_channels, size_t groups,
-                                size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
-                                size_t dh, size_t dw, const bmx_int8_output* out, int kernel,
-                                int threads) {
+                                size_t w, const int8_t* wt, const void* packed,
+                                size_t out_channels, size_t groups, size_t kh, size_t kw,
+                                size_t sh, size_t sw, size_t ph, size_t pw, size_t dh, size_t dw,
+                                const bmx_int8_output* out, int kernel, int threads) {
   const bmx_i8_variant v = bmx_i8_variant_of(kernel);
-  if (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0) {
+  const int flat = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+  if (flat) {
     w *= h;
     h = 1;
   }
@@ -380,22 +430,27 @@ static inline int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, 
   const size_t cg = channels / groups, og = out_channels / groups, k = cg * kh * kw;
   if (k == 0 || oh == 0 || ow == 0 || og == 0 || batch == 0) return -2;
   const size_t depth = (size_t)v.depth, steps = (k + depth - 1) / depth, elem = v.wide ? 2 : 1;
-  const size_t mr = (size_t)v.mr, blocks = (og + mr - 1) / mr, block = steps * mr * depth;
+  const size_t mr = (size_t)v.mr, blocks = bmx_i8_blocks(&v, out_channels, groups);
+  const size_t block = bmx_i8_block_bytes(&v, k);
   const size_t tiles_w = (ow + BMX_I8_NR - 1) / BMX_I8_NR;
-  const size_t hp = h + 2 * ph, len = tiles_w * BMX_I8_NR + (kw - 1) * dw / sw;
+  /* the flat case reads x in place: a row of h * w pixels per channel, partial last tile */
+  const size_t hp = h + 2 * ph, len = flat ? w : tiles_w * BMX_I8_NR + (kw - 1) * dw / sw;
   const size_t plane = hp * sw * len;
-  const uint8_t shift = v.wide ? 0 : 0x80;
-  uint8_t* xp = (uint8_t*)malloc(batch * channels * plane);
+  uint8_t* xp = flat ? NULL : (uint8_t*)malloc(batch * channels * plane);
   size_t* offsets = (size_t*)malloc(steps * depth * sizeof(size_t));
-  void* ap = malloc(groups * blocks * block * elem);
-  uint32_t* corr = (uint32_t*)malloc((groups * blocks * mr) * sizeof(uint32_t));
-  if (xp == NULL || offsets == NULL || ap == NULL || corr == NULL) {
+  void* own = packed == NULL ? malloc(bmx_int8_packed_bytes(kernel, out_channels, groups, k)) : NULL;
+  if ((!flat && xp == NULL) || offsets == NULL || (packed == NULL && own == NULL)) {
     free(xp);
     free(offsets);
-    free(ap);
-    free(corr);
+    free(own);
     return -1;
   }
+  if (own != NULL) {
+    bmx_int8_pack_weights(kernel, wt, out_channels, groups, k, own);
+    packed = own;
+  }
+  const uint32_t* corr = (const uint32_t*)packed;
+  const char* panels = (const char*)packed + bmx_i8_corr_bytes(&v, out_channels, groups);
   for (size_t c = 0; c < cg; ++c)
     for (size_t a = 0; a < kh; ++a)
       for (size_t b = 0; b < kw; ++b)
@@ -403,26 +458,28 @@ static inline int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, 
             c * plane + (a * dh * sw + b * dw % sw) * len + b * dw / sw;
   /* k past the last term: any readable bytes, the weights there are 0 */
   for (size_t t = k; t < steps * depth; ++t) offsets[t] = 0;
-  for (size_t g = 0; g < groups; ++g)
-    bmx_i8_pack_a(&v, wt + g * og * k, og, k, steps, (char*)ap + g * blocks * block * elem,
-                  corr + g * blocks * mr);
   const int team = bmx_team_size(threads);
   const size_t work = batch * out_channels * oh * ow * k;
   const int parallel = team > 1 && work > BMX_INT8_GRAIN;
   (void)parallel;
-  const long rows = (long)(batch * channels * hp);
+  const long rows = flat ? 0 : (long)(batch * channels * hp);
 #pragma omp parallel for schedule(static) num_threads(team) if (parallel)
   for (long t = 0; t < rows; ++t) {
     const size_t nc = (size_t)t / hp, r = (size_t)t % hp;
     uint8_t* dst = xp + nc * plane + r * sw * len;
     const size_t row = r - ph; /* unsigned wrap-around: padding rows fail row < h */
-    const int8_t* src = row < h ? x + (nc * h + row) * w : NULL;
+    if (row >= h) {
+      memset(dst, 0, sw * len);
+      continue;
+    }
+    const uint8_t* src = (const uint8_t*)x + (nc * h + row) * w;
     for (size_t f = 0; f < sw; ++f)
       for (size_t q = 0; q < len; ++q) {
         const size_t col = q * sw + f - pw;
-        dst[f * len + q] = (uint8_t)((src != NULL && col < w ? (uint8_t)src[col] : 0) ^ shift);
+        dst[f * len + q] = col < w ? src[col] : 0;
       }
   }
+  const uint8_t* source = flat ? (const uint8_t*)x : xp;
   /* few tiles (a small image, a batch-1 dense layer): split each over its channel blocks too */
   const size_t tiles = batch * groups * oh * tiles_w;
   size_t splits = parallel ? (4 * (size_t)team + tiles - 1) / tiles : 1;
@@ -444,13 +501,14 @@ static inline int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, 
       const size_t j0 = u % tiles_w * BMX_I8_NR, i = u / tiles_w % oh;
       const size_t g = u / (tiles_w * oh) % groups, n = u / (tiles_w * oh * groups);
       const int ncols = ow - j0 < BMX_I8_NR ? (int)(ow - j0) : BMX_I8_NR;
-      v.tile(xp + (n * channels + g * cg) * plane + i * sh * sw * len + j0, offsets, steps, tile);
+      v.tile(source + (n * channels + g * cg) * plane + i * sh * sw * len + j0, offsets, steps,
+             ncols, tile);
       const size_t b1 = (part + 1) * per_split < blocks ? (part + 1) * per_split : blocks;
       for (size_t b = part * per_split; b < b1; ++b) {
         const size_t m0 = b * mr, o = g * og + m0;
         const int rows_here = og - m0 < mr ? (int)(og - m0) : (int)mr;
-        v.kernel(rows_here, tile, (const char*)ap + (g * blocks + b) * block * elem, steps, c);
-        bmx_i8_store(c, rows_here, ncols, corr + g * blocks * mr + m0, out, o, i * ow + j0,
+        v.kernel(rows_here, tile, panels + (g * blocks + b) * block, steps, c);
+        bmx_i8_store(c, rows_here, ncols, corr + (g * blocks + b) * mr, out, o, i * ow + j0,
                      ((n * out_channels + o) * oh + i) * ow + j0, oh * ow);
       }
     }
@@ -458,8 +516,7 @@ static inline int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, 
   }
   free(xp);
   free(offsets);
-  free(ap);
-  free(corr);
+  free(own);
   return failed ? -1 : 0;
 }
 
