@@ -76,7 +76,7 @@ def rows_of(threads, result):
             row[f"{key}_us"] = round(seconds * 1e6, 1)
         for key in ("direct", "blas"):
             if key in t:
-                row[f"ratio_{key}"] = round(t[key] / t["int8"], 2)
+                row[f"ratio_{key}"] = round(t[key] / t["int8"], 3)
         rows.append(row)
     return rows
 

@@ -61,24 +61,44 @@ static inline int bmx_int8_kernel_best(void) {
 
 /*
  * q[i] = clip(round(x[i] / scale), -127, 127) with the division in float32 and
- * round half to even. Returns 0, or 1 when some x[i] is NaN (its q is then 0).
- * Clipping first is the same (the bounds are integers) and keeps |v| <= 127,
- * where adding and subtracting 1.5 * 2^23 rounds to an integer, ties to even
- * (the default rounding mode; SSE2 has no round instruction to vectorise).
+ * round half to even. Returns 0, or 1 when some x[i] is NaN (q then undefined).
+ * Clipping first is the same (the bounds are integers). On x86-64, SSE2 (part
+ * of the base ISA) 16 values at a time: cvtps2dq rounds in the default mode,
+ * to nearest even. Elsewhere, and for the tail, |v| <= 127 after clipping,
+ * where adding and subtracting 1.5 * 2^23 rounds the same way.
  */
+static inline int8_t bmx_quantize_one(float x, float scale, int* nan) {
+  float v = x / scale;
+  *nan |= v != v;
+  v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+  return (int8_t)(int32_t)((v + 12582912.0f) - 12582912.0f);
+}
+
 static inline int bmx_quantize_int8(const float* x, size_t n, float scale, int8_t* q, int threads) {
   int nan = 0;
   const int team = bmx_team_size(threads);
   (void)team;
+  const long blocks = (long)(n / 16);
 #pragma omp parallel for schedule(static) num_threads(team) reduction(| : nan) \
     if (team > 1 && n > BMX_INT8_GRAIN)
-  for (long i = 0; i < (long)n; ++i) {
-    float v = x[i] / scale;
-    nan |= v != v;
-    v = v != v ? 0.0f : v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
-    q[i] = (int8_t)((v + 12582912.0f) - 12582912.0f);
+  for (long b = 0; b < blocks; ++b) {
+    const float* src = x + 16 * b;
+#ifdef BMX_X86
+    const __m128 s = _mm_set1_ps(scale), lo = _mm_set1_ps(-127.0f), hi = _mm_set1_ps(127.0f);
+    __m128i r[4];
+    for (int t = 0; t < 4; ++t) {
+      const __m128 v = _mm_div_ps(_mm_loadu_ps(src + 4 * t), s);
+      nan |= _mm_movemask_ps(_mm_cmpunord_ps(v, v));
+      r[t] = _mm_cvtps_epi32(_mm_min_ps(_mm_max_ps(v, lo), hi));
+    }
+    _mm_storeu_si128((__m128i*)(q + 16 * b),
+                     _mm_packs_epi16(_mm_packs_epi32(r[0], r[1]), _mm_packs_epi32(r[2], r[3])));
+#else
+    for (int t = 0; t < 16; ++t) q[16 * b + t] = bmx_quantize_one(src[t], scale, &nan);
+#endif
   }
-  return nan;
+  for (size_t i = 16 * (size_t)blocks; i < n; ++i) q[i] = bmx_quantize_one(x[i], scale, &nan);
+  return nan != 0;
 }
 
 /* ------------------------------------------------------------------------- */
