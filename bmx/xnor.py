@@ -15,7 +15,8 @@ The kernels (packing, xnor GEMM, convolution) come in variants chosen at run tim
 everywhere, all giving identical results (docs/deploy.md). The best one this CPU supports is used
 unless :func:`set_kernel` forces another. Each call runs on
 OpenMP threads: ``threads=None`` means :func:`default_threads` (``OMP_NUM_THREADS``, else one per
-core).
+core). The int8 kernels (:func:`int8_conv2d`, :func:`int8_dense`) have variants of their own,
+:func:`available_int8_kernels`, chosen per call.
 """
 import os
 
@@ -94,10 +95,11 @@ def _float32(x, name):
     return np.require(x, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
 
 
-def _uint64(x, name, ndim):
+def _uint64(x, name, ndim, dtype=np.uint64, what="packed uint64 words"):
+    """x as a C-contiguous array of ``dtype`` with ``ndim`` axes (uint64 unless told)."""
     x = np.asarray(x)
-    if x.dtype != np.uint64:
-        raise TypeError(f"{name} must be packed uint64 words, got {x.dtype}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must be {what}, got {x.dtype}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
     return np.ascontiguousarray(x)
@@ -510,12 +512,7 @@ def pack_int8_weights(wq):
 
 
 def _int8(x, name, ndim):
-    x = np.asarray(x)
-    if x.dtype != np.int8:
-        raise TypeError(f"{name} must be int8, got {x.dtype} (quantize with bmx.xnor.quantize_int8)")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return _uint64(x, name, ndim, np.int8, "int8 (quantize with bmx.xnor.quantize_int8)")
 
 
 def _int8_arguments(name, terms, out_scale, bias, channels, kernel):

@@ -34,26 +34,23 @@ enum { BMX_INT8_PORTABLE = 0, BMX_INT8_AVX2 = 1, BMX_INT8_VNNI = 2 };
 
 /* Whether this CPU (and OS) can run an int8 kernel variant. */
 static inline int bmx_int8_kernel_available(int kernel) {
-  switch (kernel) {
-    case BMX_INT8_PORTABLE:
-      return 1;
+  if (kernel == BMX_INT8_PORTABLE) return 1;
 #ifdef BMX_X86
-    case BMX_INT8_AVX2:
-      return bmx_kernel_available(BMX_KERNEL_AVX2);
-    case BMX_INT8_VNNI:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vnni");
-#endif
-    default:
-      return 0;
+  if (kernel == BMX_INT8_AVX2) return bmx_kernel_available(BMX_KERNEL_AVX2);
+  if (kernel == BMX_INT8_VNNI) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
   }
+#endif
+  return 0;
 }
 
+/* The best variant: the enum counts up from the slowest. */
 static inline int bmx_int8_kernel_best(void) {
-  if (bmx_int8_kernel_available(BMX_INT8_VNNI)) return BMX_INT8_VNNI;
-  if (bmx_int8_kernel_available(BMX_INT8_AVX2)) return BMX_INT8_AVX2;
-  return BMX_INT8_PORTABLE;
+  int kernel = BMX_INT8_VNNI;
+  while (!bmx_int8_kernel_available(kernel)) --kernel;
+  return kernel;
 }
 
 /* Below this much work (values, multiply-adds) a thread team costs more than it saves. */
@@ -124,6 +121,21 @@ static inline int bmx_quantize_int8(const float* x, size_t n, float scale, int8_
 
 typedef void (*bmx_i8_kernel)(int mr, const void* tile, const void* ap, size_t steps, uint32_t* c);
 
+/*
+ * A micro-kernel: a switch that calls its body with a constant mr (the cases,
+ * BMX_I8_CASE(body, r) each, then 1), which keeps the body's loops fixed.
+ */
+#define BMX_I8_CASE(body, r) \
+  case r: body(r, tile, ap, steps, c); break;
+#define BMX_I8_KERNEL(target, name, body, cases)                                          \
+  static inline target void name(int mr, const void* tile, const void* ap, size_t steps, \
+                                 uint32_t* c) {                                         \
+    switch (mr) {                                                                       \
+      cases default : body(1, tile, ap, steps, c);                                      \
+      break;                                                                            \
+    }                                                                                   \
+  }
+
 /* 4 bytes as one 32-bit lane (a broadcast source); memcpy keeps it free of aliasing rules */
 static inline int32_t bmx_i8_lane(const void* p) {
   int32_t v;
@@ -134,7 +146,9 @@ static inline int32_t bmx_i8_lane(const void* p) {
 #define BMX_I8_MR_PORTABLE 4
 
 static inline __attribute__((always_inline)) void bmx_i8_portable_body(
-    const int mr, const uint8_t* tile, const int8_t* ap, size_t steps, uint32_t* c) {
+    const int mr, const void* tile_bytes, const void* ap_bytes, size_t steps, uint32_t* c) {
+  const uint8_t* tile = (const uint8_t*)tile_bytes;
+  const int8_t* ap = (const int8_t*)ap_bytes;
   uint32_t acc[BMX_I8_MR_PORTABLE][BMX_I8_NR] = {{0}};
   for (size_t s = 0; s < steps; ++s, tile += 4 * BMX_I8_NR, ap += 4 * BMX_I8_MR_PORTABLE) {
     for (int m = 0; m < mr; ++m) {
@@ -148,18 +162,9 @@ static inline __attribute__((always_inline)) void bmx_i8_portable_body(
   for (int m = 0; m < mr; ++m) memcpy(c + m * BMX_I8_NR, acc[m], sizeof(acc[m]));
 }
 
-static inline void bmx_i8_portable(int mr, const void* tile, const void* ap, size_t steps,
-                                   uint32_t* c) {
-  const uint8_t* t = (const uint8_t*)tile;
-  const int8_t* a = (const int8_t*)ap;
-  /* constant mr per case keeps the accumulators' loops fixed */
-  switch (mr) {
-    case 4: bmx_i8_portable_body(4, t, a, steps, c); break;
-    case 3: bmx_i8_portable_body(3, t, a, steps, c); break;
-    case 2: bmx_i8_portable_body(2, t, a, steps, c); break;
-    default: bmx_i8_portable_body(1, t, a, steps, c); break;
-  }
-}
+BMX_I8_KERNEL(, bmx_i8_portable, bmx_i8_portable_body,
+              BMX_I8_CASE(bmx_i8_portable_body, 4) BMX_I8_CASE(bmx_i8_portable_body, 3)
+              BMX_I8_CASE(bmx_i8_portable_body, 2))
 
 #ifdef BMX_X86
 /*
@@ -170,7 +175,9 @@ static inline void bmx_i8_portable(int mr, const void* tile, const void* ap, siz
 #define BMX_I8_MR_AVX2 6
 
 static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_i8_avx2_body(
-    const int mr, const int16_t* tile, const int16_t* ap, size_t steps, uint32_t* c) {
+    const int mr, const void* tile_bytes, const void* ap_bytes, size_t steps, uint32_t* c) {
+  const int16_t* tile = (const int16_t*)tile_bytes;
+  const int16_t* ap = (const int16_t*)ap_bytes;
   __m256i lo[BMX_I8_MR_AVX2], hi[BMX_I8_MR_AVX2]; /* outputs 0-7 and 8-15 */
 #pragma GCC unroll 6
   for (int m = 0; m < mr; ++m) lo[m] = hi[m] = _mm256_setzero_si256();
@@ -191,19 +198,10 @@ static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_i8_avx2_bo
   }
 }
 
-static inline BMX_AVX2_TARGET void bmx_i8_avx2(int mr, const void* tile, const void* ap,
-                                               size_t steps, uint32_t* c) {
-  const int16_t* t = (const int16_t*)tile;
-  const int16_t* a = (const int16_t*)ap;
-  switch (mr) {
-    case 6: bmx_i8_avx2_body(6, t, a, steps, c); break;
-    case 5: bmx_i8_avx2_body(5, t, a, steps, c); break;
-    case 4: bmx_i8_avx2_body(4, t, a, steps, c); break;
-    case 3: bmx_i8_avx2_body(3, t, a, steps, c); break;
-    case 2: bmx_i8_avx2_body(2, t, a, steps, c); break;
-    default: bmx_i8_avx2_body(1, t, a, steps, c); break;
-  }
-}
+BMX_I8_KERNEL(BMX_AVX2_TARGET, bmx_i8_avx2, bmx_i8_avx2_body,
+              BMX_I8_CASE(bmx_i8_avx2_body, 6) BMX_I8_CASE(bmx_i8_avx2_body, 5)
+              BMX_I8_CASE(bmx_i8_avx2_body, 4) BMX_I8_CASE(bmx_i8_avx2_body, 3)
+              BMX_I8_CASE(bmx_i8_avx2_body, 2))
 
 /*
  * The pairs tile: per step the bytes of k = 2s and 2s + 1 interleaved, then
@@ -237,7 +235,9 @@ static inline BMX_AVX2_TARGET void bmx_i8_tile_pairs_avx2(const uint8_t* base, c
 #define BMX_AVX512_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
 static inline __attribute__((always_inline)) BMX_AVX512_VNNI_TARGET void bmx_i8_vnni_body(
-    const int mr, const uint8_t* tile, const int8_t* ap, size_t steps, uint32_t* c) {
+    const int mr, const void* tile_bytes, const void* ap_bytes, size_t steps, uint32_t* c) {
+  const uint8_t* tile = (const uint8_t*)tile_bytes;
+  const int8_t* ap = (const int8_t*)ap_bytes;
   __m512i acc[BMX_I8_MR_VNNI];
   for (int m = 0; m < mr; ++m) acc[m] = _mm512_setzero_si512();
   for (size_t s = 0; s < steps; ++s, tile += 4 * BMX_I8_NR, ap += 4 * BMX_I8_MR_VNNI) {
@@ -248,22 +248,19 @@ static inline __attribute__((always_inline)) BMX_AVX512_VNNI_TARGET void bmx_i8_
   for (int m = 0; m < mr; ++m) _mm512_storeu_si512((void*)(c + m * BMX_I8_NR), acc[m]);
 }
 
-static inline BMX_AVX512_VNNI_TARGET void bmx_i8_vnni(int mr, const void* tile, const void* ap,
-                                                      size_t steps, uint32_t* c) {
-  const uint8_t* t = (const uint8_t*)tile;
-  const int8_t* a = (const int8_t*)ap;
-  switch (mr) {
-#define BMX_I8_CASE(r) \
-  case r: bmx_i8_vnni_body(r, t, a, steps, c); break;
-    BMX_I8_CASE(16) BMX_I8_CASE(15) BMX_I8_CASE(14) BMX_I8_CASE(13)
-    BMX_I8_CASE(12) BMX_I8_CASE(11) BMX_I8_CASE(10) BMX_I8_CASE(9)
-    BMX_I8_CASE(8) BMX_I8_CASE(7) BMX_I8_CASE(6) BMX_I8_CASE(5)
-    BMX_I8_CASE(4) BMX_I8_CASE(3) BMX_I8_CASE(2)
-#undef BMX_I8_CASE
-    default: bmx_i8_vnni_body(1, t, a, steps, c); break;
-  }
-}
+BMX_I8_KERNEL(BMX_AVX512_VNNI_TARGET, bmx_i8_vnni, bmx_i8_vnni_body,
+              BMX_I8_CASE(bmx_i8_vnni_body, 16) BMX_I8_CASE(bmx_i8_vnni_body, 15)
+              BMX_I8_CASE(bmx_i8_vnni_body, 14) BMX_I8_CASE(bmx_i8_vnni_body, 13)
+              BMX_I8_CASE(bmx_i8_vnni_body, 12) BMX_I8_CASE(bmx_i8_vnni_body, 11)
+              BMX_I8_CASE(bmx_i8_vnni_body, 10) BMX_I8_CASE(bmx_i8_vnni_body, 9)
+              BMX_I8_CASE(bmx_i8_vnni_body, 8) BMX_I8_CASE(bmx_i8_vnni_body, 7)
+              BMX_I8_CASE(bmx_i8_vnni_body, 6) BMX_I8_CASE(bmx_i8_vnni_body, 5)
+              BMX_I8_CASE(bmx_i8_vnni_body, 4) BMX_I8_CASE(bmx_i8_vnni_body, 3)
+              BMX_I8_CASE(bmx_i8_vnni_body, 2))
 #endif /* BMX_X86 */
+
+#undef BMX_I8_KERNEL
+#undef BMX_I8_CASE
 
 /*
  * The quads tile: tile[s][j][t] = base[off[4 s + t] + j] + 128 (XOR 0x80 turns
