@@ -239,12 +239,15 @@ static inline __attribute__((always_inline)) BMX_AVX512_VNNI_TARGET void bmx_i8_
   const uint8_t* tile = (const uint8_t*)tile_bytes;
   const int8_t* ap = (const int8_t*)ap_bytes;
   __m512i acc[BMX_I8_MR_VNNI];
+#pragma GCC unroll 16
   for (int m = 0; m < mr; ++m) acc[m] = _mm512_setzero_si512();
   for (size_t s = 0; s < steps; ++s, tile += 4 * BMX_I8_NR, ap += 4 * BMX_I8_MR_VNNI) {
     const __m512i b = _mm512_loadu_si512((const void*)tile);
+#pragma GCC unroll 16
     for (int m = 0; m < mr; ++m)
       acc[m] = _mm512_dpbusd_epi32(acc[m], b, _mm512_set1_epi32(bmx_i8_lane(ap + 4 * m)));
   }
+#pragma GCC unroll 16
   for (int m = 0; m < mr; ++m) _mm512_storeu_si512((void*)(c + m * BMX_I8_NR), acc[m]);
 }
 
