@@ -113,7 +113,7 @@ def float_reference(acc, scale, bias, axis):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_int8_conv2d_scaled_float_output(kernel, with_bias):
     rng = np.random.default_rng(7)
-    x, w = random_int8(rng, (2, 5, 10, 9), ), random_int8(rng, (11, 5, 3, 3))
+    x, w = random_int8(rng, (2, 5, 10, 9)), random_int8(rng, (11, 5, 3, 3))
     scale = rng.uniform(1e-4, 1e-2, 11).astype(np.float32)
     bias = rng.standard_normal(11).astype(np.float32) if with_bias else None
     y = xnor.int8_conv2d(x, w, padding=1, out_scale=scale, bias=bias, kernel=kernel)
@@ -136,6 +136,8 @@ def test_int8_dense_matches_int64_reference(kernel, n, k, o):
     y = xnor.int8_dense(x, w, out_scale=scale, bias=bias, kernel=kernel)
     np.testing.assert_allclose(y, float_reference(expected, scale, bias, 1), rtol=3e-7,
                                atol=3e-7 * np.abs(bias).max())
+    y = xnor.int8_dense(x, w, out_scale=scale, kernel=kernel)
+    np.testing.assert_allclose(y, float_reference(expected, scale, None, 1), rtol=3e-7)
 
 
 def test_empty_batches_give_empty_results():
