@@ -1,13 +1,14 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""Bit kernels over bitops.h (see bmx/xnor.py for the validated, documented API), and the float
-kernels of floatops.h (max pooling, direct convolution) for bmx.runtime.
+"""Bit kernels over bitops.h (see bmx/xnor.py for the validated, documented API), the float
+kernels of floatops.h (max pooling, direct convolution) for bmx.runtime, and the int8 kernels of
+int8ops.h (quantization, convolution).
 
 Nothing here checks its arguments beyond what Cython's typed memoryviews do: bmx.xnor and
 bmx.runtime, the only callers, validate shapes, dtypes and ranges first.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, uint64_t
 from libc.string cimport memset
 
 cdef extern from "bitops.h" nogil:
@@ -61,6 +62,26 @@ cdef extern from "floatops.h" nogil:
                      size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw, size_t dh,
                      size_t dw, float* out, size_t o_batch, size_t o_channel, int kernel,
                      int threads)
+
+cdef extern from "int8ops.h" nogil:
+    int BMX_INT8_PORTABLE, BMX_INT8_AVX2, BMX_INT8_VNNI
+    int bmx_int8_kernel_available(int kernel)
+    int bmx_int8_kernel_best()
+    int bmx_quantize_int8(const float* x, size_t n, float scale, int8_t* q, int threads)
+    ctypedef struct bmx_int8_output:
+        int32_t* acc
+        float* y
+        const float* scale
+        const float* bias
+        int per_column
+    size_t bmx_int8_packed_bytes(int kernel, size_t out_channels, size_t groups, size_t k)
+    void bmx_int8_pack_weights(int kernel, const int8_t* w, size_t out_channels, size_t groups,
+                               size_t k, void* packed)
+    int bmx_int8_conv(const int8_t* x, size_t batch, size_t channels, size_t h, size_t w,
+                      const int8_t* wt, const void* packed, size_t out_channels, size_t groups,
+                      size_t kh, size_t kw,
+                      size_t sh, size_t sw, size_t ph, size_t pw, size_t dh, size_t dw,
+                      const bmx_int8_output* out, int kernel, int threads)
 
 cnp.import_array()
 
@@ -277,3 +298,79 @@ def conv_f32(const float[:, :, :, ::1] x, const float[:, :, ::1] wt, const float
                           dh, dw, &out[0, 0, 0, 0], out.strides[0] // sizeof(float),
                           out.strides[1] // sizeof(float), kernel, threads)
     _check(rc, "bmx_conv_f32")
+
+
+INT8_KERNELS = {"portable": BMX_INT8_PORTABLE, "avx2": BMX_INT8_AVX2, "avx512_vnni": BMX_INT8_VNNI}
+
+
+def int8_kernel_available(int kernel):
+    return bmx_int8_kernel_available(kernel) != 0
+
+
+def best_int8_kernel():
+    return bmx_int8_kernel_best()
+
+
+def quantize_int8(const float[::1] x, float scale, int threads):
+    """(n,) float32 -> ((n,) int8, whether some x was NaN): see int8ops.h."""
+    result = np.empty(x.shape[0], dtype=np.int8)
+    cdef int8_t[::1] q = result
+    cdef int nan = 0
+    if x.shape[0]:
+        with nogil:
+            nan = bmx_quantize_int8(&x[0], x.shape[0], scale, &q[0], threads)
+    return result, nan != 0
+
+
+def int8_pack(const int8_t[:, :, :, ::1] w, size_t groups, int kernel):
+    """w (O, C / groups, KH, KW) packed for the int8 kernel `kernel` (uint8, see int8ops.h)."""
+    cdef size_t o = w.shape[0], k = w.shape[1] * w.shape[2] * w.shape[3]
+    packed = np.empty(bmx_int8_packed_bytes(kernel, o, groups, k), dtype=np.uint8)
+    cdef unsigned char[::1] p = packed
+    with nogil:
+        bmx_int8_pack_weights(kernel, &w[0, 0, 0, 0], o, groups, k, &p[0])
+    return packed
+
+
+def int8_conv(const int8_t[:, :, :, ::1] x, const int8_t[:, :, :, ::1] w, size_t groups, stride,
+              pad, dilation, const float[::1] scale, const float[::1] bias, bint per_column,
+              int kernel, int threads, const unsigned char[::1] packed=None):
+    """int8 convolution of x (N, C, H, W) with w (O, C / groups, KH, KW): int32 (N, O, OH, OW), or
+    float32 ``acc * scale + bias`` with scale (and bias, or None) per channel, or with per_column
+    per output pixel (see int8ops.h). ``packed``: int8_pack(w, groups, kernel), or None to pack
+    here. Output extents must be positive."""
+    cdef size_t sh, sw, ph, pw, dh, dw
+    sh, sw = stride
+    ph, pw = pad
+    dh, dw = dilation
+    cdef size_t kh = w.shape[2], kw = w.shape[3]
+    cdef size_t oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    cdef size_t ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cdef bmx_int8_output out
+    memset(&out, 0, sizeof(out))
+    shape = (x.shape[0], w.shape[0], oh, ow)
+    cdef int32_t[:, :, :, ::1] acc
+    cdef float[:, :, :, ::1] y
+    if scale is None:
+        result = np.empty(shape, dtype=np.int32)
+        acc = result
+        if result.size:
+            out.acc = &acc[0, 0, 0, 0]
+    else:
+        result = np.empty(shape, dtype=np.float32)
+        y = result
+        if result.size:
+            out.y = &y[0, 0, 0, 0]
+        out.scale = &scale[0]
+        out.bias = &bias[0] if bias is not None else NULL
+        out.per_column = per_column
+    if result.size == 0:
+        return result
+    cdef const void* pp = &packed[0] if packed is not None else NULL
+    cdef int rc
+    with nogil:
+        rc = bmx_int8_conv(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                           &w[0, 0, 0, 0], pp, w.shape[0], groups, kh, kw, sh, sw, ph, pw, dh, dw,
+                           &out, kernel, threads)
+    _check(rc, "bmx_int8_conv")
+    return result

@@ -15,7 +15,8 @@ The kernels (packing, xnor GEMM, convolution) come in variants chosen at run tim
 everywhere, all giving identical results (docs/deploy.md). The best one this CPU supports is used
 unless :func:`set_kernel` forces another. Each call runs on
 OpenMP threads: ``threads=None`` means :func:`default_threads` (``OMP_NUM_THREADS``, else one per
-core).
+core). The int8 kernels (:func:`int8_conv2d`, :func:`int8_dense`) have variants of their own,
+:func:`available_int8_kernels`, chosen per call.
 """
 import os
 
@@ -94,10 +95,11 @@ def _float32(x, name):
     return np.require(x, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
 
 
-def _uint64(x, name, ndim):
+def _uint64(x, name, ndim, dtype=np.uint64, what="packed uint64 words"):
+    """x as a C-contiguous array of ``dtype`` with ``ndim`` axes (uint64 unless told)."""
     x = np.asarray(x)
-    if x.dtype != np.uint64:
-        raise TypeError(f"{name} must be packed uint64 words, got {x.dtype}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must be {what}, got {x.dtype}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
     return np.ascontiguousarray(x)
@@ -333,13 +335,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0
         raise ValueError(f"conv2d: pad_value must be -1.0 or 0.0, got {pad_value!r}")
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"conv2d: layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    out_hw = []
-    for axis, size in enumerate(x.shape[1:3]):
-        span = dilation[axis] * (w.kernel_size[axis] - 1) + 1
-        if size + 2 * padding[axis] < span:
-            raise ValueError(f"conv2d: the dilated kernel ({span}) is larger than the padded input "
-                             f"({size + 2 * padding[axis]}) along {'HW'[axis]}")
-        out_hw.append((size + 2 * padding[axis] - span) // stride[axis] + 1)
+    out_hw = _out_extents("conv2d", x.shape[1:3], w.kernel_size, stride, padding, dilation)
     sgn = thr = None
     if threshold is not None:
         if layout != "NHWC":
@@ -362,6 +358,19 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=None, pad_value=-1.0
     if threshold is None and layout == "NCHW":
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
     return y
+
+
+def _out_extents(name, size_hw, kernel_hw, stride, padding, dilation):
+    """The (OH, OW) of a convolution ('valid' convention); a dilated kernel larger than the padded
+    input is an error."""
+    out_hw = []
+    for axis, size in enumerate(size_hw):
+        span = dilation[axis] * (kernel_hw[axis] - 1) + 1
+        if size + 2 * padding[axis] < span:
+            raise ValueError(f"{name}: the dilated kernel ({span}) is larger than the padded input "
+                             f"({size + 2 * padding[axis]}) along {'HW'[axis]}")
+        out_hw.append((size + 2 * padding[axis] - span) // stride[axis] + 1)
+    return out_hw
 
 
 def _check_out(out, shape, layout):
@@ -430,3 +439,156 @@ def float_max_pool(x, out, kernel, stride, padding, scale, shift, relu, threads)
 
 
 __all__ += ["has_direct_float_conv", "float_conv2d", "float_max_pool"]
+
+
+# ---------------------------------------------------------------- int8 kernels (int8ops.h)
+# Symmetric quantization (zero point 0): a float tensor t is approximated by scale * q with q int8
+# in [-127, 127]; a convolution of such x and w is scale_x * scale_w[o] times the exact int32 one.
+
+_INT8_ORDER = ("avx512_vnni", "avx2", "portable")
+# int32 sums of K products of int8 (at most 128 * 128 each) are exact for K <= this
+_MAX_INT8_TERMS = (2 ** 31 - 1) // (128 * 128)
+
+
+def available_int8_kernels():
+    """Names of the int8 kernel variants this CPU runs, best first: 'avx512_vnni' (AVX-512 with
+    VNNI), 'avx2' and 'portable' (C, any CPU, ARM included). All give identical results."""
+    return tuple(name for name in _INT8_ORDER if _xnor.int8_kernel_available(_xnor.INT8_KERNELS[name]))
+
+
+def _int8_kernel_id(kernel, name):
+    if kernel is None:
+        return _xnor.best_int8_kernel()
+    if kernel not in available_int8_kernels():
+        raise ValueError(f"{name}: kernel must be one of {available_int8_kernels()} on this CPU, got {kernel!r}")
+    return _xnor.INT8_KERNELS[kernel]
+
+
+def quantize_int8(x, scale, *, threads=None):
+    """Symmetric int8 quantization: ``q = clip(round(x / scale), -127, 127)``, int8 of x's shape.
+
+    The division is float32 (x float32, scale rounded to float32: both must be IEEE divisions for
+    a reference to agree) and rounds half to even; +-inf clip to +-127. A NaN in x is an error.
+    """
+    x = _float32(x, "quantize_int8: x")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or \
+            not float(np.finfo(np.float32).tiny) <= scale <= float(np.finfo(np.float32).max):
+        raise ValueError(f"quantize_int8: scale must be a positive finite float in float32's normal range, got {scale!r}")
+    q, has_nan = _xnor.quantize_int8(x.reshape(-1), float(np.float32(scale)), _threads(threads))
+    if has_nan:
+        raise ValueError("quantize_int8: x holds NaN")
+    return q.reshape(x.shape)
+
+
+class Int8Weights:
+    """int8 weights prepared once for :func:`int8_conv2d` or :func:`int8_dense` (from
+    :func:`pack_int8_weights`). ``array``: the C-contiguous int8 weights (read-only), (O, C / groups,
+    KH, KW) or (O, K). A convolution weight keeps its kernel layout per (kernel, groups) after first
+    use; a dense weight holds its (K, O) transpose ``columns``, which int8_dense multiplies with."""
+
+    __slots__ = ("array", "columns", "_packed")
+
+    def __init__(self, array):
+        array = np.asarray(array)
+        if array.dtype != np.int8 or array.ndim not in (2, 4) or array.size == 0:
+            raise ValueError(f"pack_int8_weights: wq must be non-empty int8 (O, C, KH, KW) or (O, K), "
+                             f"got {array.dtype} {array.shape}")
+        self.array = np.array(array, order="C")
+        self.columns = np.ascontiguousarray(self.array.T) if array.ndim == 2 else None
+        self._packed = {}
+        self.array.flags.writeable = False
+
+    def packed(self, kernel_id, groups):
+        """The layout of int8ops.h's bmx_int8_pack_weights for one kernel and group count."""
+        if (kernel_id, groups) not in self._packed:
+            self._packed[kernel_id, groups] = _xnor.int8_pack(self.array, groups, kernel_id)
+        return self._packed[kernel_id, groups]
+
+
+def pack_int8_weights(wq):
+    """Constant int8 weights prepared once: an :class:`Int8Weights`, which :func:`int8_conv2d` and
+    :func:`int8_dense` take in place of wq (then not re-laid out for the kernels on every call)."""
+    return Int8Weights(wq)
+
+
+def _int8(x, name, ndim):
+    return _uint64(x, name, ndim, np.int8, "int8 (quantize with bmx.xnor.quantize_int8)")
+
+
+def _int8_arguments(name, terms, out_scale, bias, channels, kernel):
+    """Validated (out_scale, bias, kernel id): float32 (channels,) each or None; the terms per output."""
+    if terms > _MAX_INT8_TERMS:
+        raise ValueError(f"{name}: {terms} products per output could overflow int32 (at most {_MAX_INT8_TERMS})")
+    if out_scale is None:
+        if bias is not None:
+            raise ValueError(f"{name}: bias needs out_scale (the int32 results carry no bias)")
+        return None, None, _int8_kernel_id(kernel, name)
+    checked = []
+    for label, v in (("out_scale", out_scale), ("bias", bias)):
+        v = None if v is None else np.ascontiguousarray(v)
+        if v is not None and (v.dtype != np.float32 or v.shape != (channels,)):
+            raise ValueError(f"{name}: {label} must be float32 of shape ({channels},), got {v.dtype} {v.shape}")
+        checked.append(v)
+    return checked + [_int8_kernel_id(kernel, name)]
+
+
+def int8_conv2d(xq, wq, *, stride=1, padding=0, dilation=1, groups=1, out_scale=None, bias=None, kernel=None,
+                threads=None):
+    """int8 2-D convolution (MXNet's cross-correlation) with zero padding, accumulated exactly in int32:
+    ``acc[n, o, i, j] = sum_{c, a, b} wq[o, c, a, b] * xq[n, g * C / groups + c, i * sh + a * dh - ph,
+    j * sw + b * dw - pw]`` with g = o // (O / groups).
+
+    xq: int8 (N, C, H, W); wq: int8 (O, C / groups, KH, KW) or :class:`Int8Weights`; stride, padding,
+    dilation: an int or an (h, w) pair. Returns int32 acc (N, O, OH, OW); with ``out_scale`` (float32
+    (O,)) float32 ``acc * out_scale[o] + bias[o]`` (bias float32 (O,) or None), rounded after the
+    product and after the sum. ``kernel``: a name from :func:`available_int8_kernels` (None: the first).
+    """
+    name = "int8_conv2d"
+    xq = _int8(xq, f"{name}: xq", 4)
+    prepared = wq if isinstance(wq, Int8Weights) else None
+    wq = _int8(wq.array if prepared else wq, f"{name}: wq", 4)
+    groups = _positive(groups, f"{name}: groups")
+    (n, c, h, w), (o, cg, kh, kw) = xq.shape, wq.shape
+    if min(wq.shape) == 0:
+        raise ValueError(f"{name}: wq must not be empty, got shape {wq.shape}")
+    if o % groups or cg * groups != c:
+        raise ValueError(f"{name}: {groups} groups of wq {wq.shape} need {cg * groups} input channels and "
+                         f"output channels divisible by {groups}; xq has shape {xq.shape}")
+    stride = _pair(stride, f"{name}: stride", 1)
+    padding = _pair(padding, f"{name}: padding", 0)
+    dilation = _pair(dilation, f"{name}: dilation", 1)
+    oh, ow = _out_extents(name, (h, w), (kh, kw), stride, padding, dilation)
+    scale, bias, kernel_id = _int8_arguments(name, cg * kh * kw, out_scale, bias, o, kernel)
+    if n == 0:
+        return np.zeros((0, o, oh, ow), dtype=np.int32 if scale is None else np.float32)
+    return _xnor.int8_conv(xq, wq, groups, stride, padding, dilation, scale, bias, False, kernel_id, _threads(threads),
+                           prepared.packed(kernel_id, groups) if prepared else None)
+
+
+def int8_dense(xq, wq, *, out_scale=None, bias=None, kernel=None, threads=None):
+    """int8 dense layer accumulated exactly in int32: ``acc[n, o] = sum_k xq[n, k] * wq[o, k]``.
+
+    xq: int8 (N, K); wq: int8 (O, K) or :class:`Int8Weights`. Returns int32 (N, O), or float32
+    ``acc * out_scale[o] + bias[o]`` as :func:`int8_conv2d`.
+    """
+    name = "int8_dense"
+    xq = _int8(xq, f"{name}: xq", 2)
+    columns = wq.columns if isinstance(wq, Int8Weights) else None
+    wq = _int8(wq.array if isinstance(wq, Int8Weights) else wq, f"{name}: wq", 2)
+    (n, k), o = xq.shape, wq.shape[0]
+    if wq.size == 0 or wq.shape[1] != k:
+        raise ValueError(f"{name}: wq must be non-empty with the {k} features of a row of xq, got shape {wq.shape}")
+    scale, bias, kernel_id = _int8_arguments(name, k, out_scale, bias, o, kernel)
+    if n == 0:
+        return np.zeros((0, o), dtype=np.int32 if scale is None else np.float32)
+    if columns is None:
+        columns = np.ascontiguousarray(wq.T)
+    # roles swapped so that the kernels vectorise over the O outputs, not over the (often 1) rows:
+    # wq^T is a 1 x O image of K channels, each row of xq a 1x1 filter, scale and bias per column
+    y = _xnor.int8_conv(columns.reshape(1, k, 1, o), xq.reshape(n, k, 1, 1), 1, (1, 1), (0, 0), (1, 1),
+                        scale, bias, True, kernel_id, _threads(threads))
+    return y.reshape(n, o)
+
+
+__all__ += ["available_int8_kernels", "quantize_int8", "Int8Weights", "pack_int8_weights", "int8_conv2d",
+            "int8_dense"]
