@@ -152,7 +152,7 @@ def check_output(output_dir, inputs, force):
 def packed_meta(meta, report, sources):
     """The packed model's model.json: the source metadata plus a "packed" entry (format, sources, sizes)."""
     sizes = report["sizes"]
-    info = dict(format_version=packed.FORMAT_VERSION, bmx_version=__version__, source_files=sources,
+    info = dict(bmx_version=__version__, source_files=sources,
                 params_file_bytes=sizes["params_file_bytes"], packed_params_bytes=sizes["packed_params_bytes"],
                 theoretical_bytes=sizes["theoretical_bytes"], theoretical_source=sizes["theoretical_source"],
                 packed_layers=len(report["layers"]))
