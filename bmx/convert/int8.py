@@ -140,9 +140,10 @@ class _Peak:
         return float(self.largest.min()) if self.largest.size else 0.0
 
 
-def calibrate(model, path, indices, layers, percentile=DEFAULT_PERCENTILE, threads=None):
+def calibrate(model, batches, images, layers, percentile=DEFAULT_PERCENTILE, threads=None):
     """{layer node name: float peak |input|} of ``layers`` of the float packed ``model`` (a
-    bmx.packed.PackedModel) over the images ``indices`` of ``path`` (see :class:`_Peak`)."""
+    bmx.packed.PackedModel) over ``batches``, float32 NCHW inputs of ``images`` images in all
+    (see :class:`_Peak`)."""
     if not (isinstance(percentile, (int, float)) and not isinstance(percentile, bool) and 0 < percentile <= 100):
         raise ConvertError(f"the calibration percentile must be in (0, 100], got {percentile!r}")
     graph = copy.deepcopy(model.graph)
@@ -150,10 +151,10 @@ def calibrate(model, path, indices, layers, percentile=DEFAULT_PERCENTILE, threa
     graph["heads"] = graph["heads"] + [list(by_name[name]["inputs"][0]) for name in layers]
     probe = runtime.Model(packed.PackedModel(graph, model.params, model.meta, model.directory), threads)
     heads, peaks = len(model.graph["heads"]), None
-    for x, _ in _batches(path, indices, model.meta["preprocessing"]):
+    for x in batches:
         values = probe(x)[heads:]
         if peaks is None:
-            peaks = [_Peak(percentile, len(indices) * v[0].size) for v in values]
+            peaks = [_Peak(percentile, images * v[0].size) for v in values]
         for peak, v in zip(peaks, values):
             peak.add(v)
     return {name: peak.value() for name, peak in zip(layers, peaks)}
@@ -220,7 +221,8 @@ def quantize_packed(model, data, *, count=DEFAULT_CALIBRATION_IMAGES, percentile
     if not layers:
         raise ConvertError(f"{source}: no full-precision Convolution or FullyConnected layer to make int8")
     chosen, others, held_out = select_images(data, count, model.meta)
-    peaks = calibrate(model, data, chosen, layers, percentile, threads)
+    batches = (x for x, _ in _batches(data, chosen, prep))
+    peaks = calibrate(model, batches, len(chosen), layers, percentile, threads)
     graph, params, report = quantize(model.graph, model.params, peaks, source)
     calibration = dict(data=os.path.abspath(data), images=len(chosen), holdout_images_left_out=held_out,
                        percentile=percentile)
