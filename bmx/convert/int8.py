@@ -122,12 +122,12 @@ def _batches(path, indices, preprocessing):
 
 
 class _Peak:
-    """The ``percentile``-th percentile of |x| over every value seen (numpy's 'higher' rule: the
-    smallest value with at least that share of the values at or below it), from the largest values
-    kept across batches; the maximum for 100."""
+    """The ``percentile``-th percentile of |x| over every value seen, as numpy's percentile with
+    method 'higher' (of the n values sorted ascending, the one at index ceil(p / 100 (n - 1))),
+    from the largest values kept across batches; the maximum for 100."""
 
     def __init__(self, percentile, total):
-        self.keep = total - math.ceil(percentile / 100 * total) + 1
+        self.keep = total - math.ceil(percentile / 100 * (total - 1))
         self.largest = np.empty(0, np.float32)
 
     def add(self, x):
