@@ -339,8 +339,8 @@ def test_int8_from_an_exported_and_from_a_packed_model(run_dir, tmp_path, capsys
                                   "--calibrate", data, "--calibration-images", "4")
     assert code == 0, err
     assert "int8 layers: 3" in stdout and "packed " not in stdout  # no binary layer is packed again
-    with open(tmp_path / "int8" / packed.PARAMS_FILE, "rb") as a, open(tmp_path / "int8b" / packed.PARAMS_FILE, "rb") as b:
-        assert a.read() == b.read(), "the same images give the same int8 model, from either source"
+    written = [(tmp_path / name / packed.PARAMS_FILE).read_bytes() for name in ("int8", "int8b")]
+    assert written[0] == written[1], "the same images give the same int8 model, from either source"
     code, _, err = call_main(capsys, tmp_path / "float", "--output", tmp_path / "int8c", "--int8",
                              "--calibrate", data, "--calibration-images", "9")
     assert code == 2 and "--calibration-images 9 is more than the 8 images of" in err
