@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import cv2
 import mxnet as mx
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from bmx import packed, runtime
 from bmx import nn as bnn
 from bmx import quantizers as Q
 from conftest import call_main as call_script
+from conftest import image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "binarize_model.py")
@@ -307,16 +307,6 @@ def test_subprocess_error_exit_code(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"binarize_model.py: error: {tmp_path}/missing-symbol.json: no such file " \
                             "(expected PREFIX-symbol.json and PREFIX-NNNN.params from bmx.export)\n"
-
-
-def image_folder(path, count=4, seed=0):
-    """Class folders a/ and b/ of ``count`` random 32x32 PNG images each."""
-    rng = np.random.default_rng(seed)
-    for label in ("a", "b"):
-        (path / label).mkdir(parents=True)
-        for i in range(count):
-            cv2.imwrite(str(path / label / f"{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    return path
 
 
 def test_int8_from_an_exported_and_from_a_packed_model(run_dir, tmp_path, capsys):

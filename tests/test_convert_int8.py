@@ -4,7 +4,6 @@ model's held-out accuracy with int8 full-precision layers (slow)."""
 import copy
 import os
 
-import cv2
 import mxnet as mx
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import bmx
 from bmx import convert, datafiles, images, packed, runtime
 from bmx.convert import int8
-from conftest import pad_nchw, ref_conv2d
+from conftest import image_folder, pad_nchw, ref_conv2d
 
 F32 = np.float32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,15 +51,6 @@ def test_the_input_peak_is_numpys_percentile_over_all_batches(percentile):
     assert int8.activation_scale(0.0) == 1
 
 
-def image_folder(path, count=6, seed=0):
-    rng = np.random.default_rng(seed)
-    for label in ("a", "b"):
-        (path / label).mkdir(parents=True)
-        for i in range(count):
-            cv2.imwrite(str(path / label / f"{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def float_model(tmp_path_factory):
     """A small BinaryDenseNet (cifar stem, 32x32), packed in float, with random BatchNorm statistics."""
@@ -77,7 +67,7 @@ def float_model(tmp_path_factory):
             p.set_data(mx.nd.array(rng.uniform(0.5, 2.0, p.shape)))
     bmx.export(net, str(tmp / "model"), input_shape=(1, 3, 32, 32))
     convert.binarize(str(tmp / "model"), str(tmp / "float"), epoch=0, meta={"classes": 10, "preprocessing": PREP})
-    return packed.load_model(str(tmp / "float")), image_folder(tmp / "images")
+    return packed.load_model(str(tmp / "float")), image_folder(tmp / "images", count=6)
 
 
 def test_zoo_model_int8_layers_compute_the_quantized_math(float_model, tmp_path):
