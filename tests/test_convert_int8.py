@@ -128,6 +128,9 @@ def test_calibration_is_deterministic(float_model, tmp_path):
         written.append([open(tmp_path / run / f, "rb").read() for f in (packed.PARAMS_FILE, packed.SYMBOL_FILE)])
     assert written[0] == written[1]
     assert meta["packed"]["int8"]["calibration"]["images"] == 5 and meta["packed"]["int8"]["verified"]["images"] == 5
+    assert meta["packed"]["int8"]["verified"]["disjoint_from_calibration"]  # 5 + 5 of 12 images
+    _, _, meta = int8.quantize_packed(model, data, count=7, verify=True)
+    assert not meta["packed"]["int8"]["verified"]["disjoint_from_calibration"]  # 7 + 7 > 12
 
 
 def test_mxnet_refuses_an_int8_model(float_model, tmp_path):

@@ -157,6 +157,8 @@ def calibrate(model, batches, images, layers, percentile=DEFAULT_PERCENTILE, thr
             peaks = [_Peak(percentile, images * v[0].size) for v in values]
         for peak, v in zip(peaks, values):
             peak.add(v)
+    if peaks is None:
+        raise ConvertError("no calibration images: calibrating needs at least one batch")
     return {name: peak.value() for name, peak in zip(layers, peaks)}
 
 
@@ -210,7 +212,8 @@ def quantize_packed(model, data, *, count=DEFAULT_CALIBRATION_IMAGES, percentile
                     threads=None):
     """(graph, params, meta) of the int8 version of the packed float model ``model`` (a
     bmx.packed.PackedModel), calibrated on ``count`` images of ``data``; with ``verify``, the
-    agreement (:func:`agreement`) is measured on ``count`` other images and recorded in
+    agreement (:func:`agreement`) is measured on ``count`` other images (disjoint from the
+    calibration images if ``data`` has at least ``2 count``) and recorded in
     ``meta["packed"]["int8"]["verified"]``."""
     source = os.path.join(model.directory or "the model", packed.SYMBOL_FILE)
     prep = model.meta.get("preprocessing")
@@ -233,5 +236,6 @@ def quantize_packed(model, data, *, count=DEFAULT_CALIBRATION_IMAGES, percentile
     if verify:
         float_model = runtime.Model(model, threads)
         int8_model = runtime.Model(packed.PackedModel(graph, params, meta, model.directory), threads)
-        info["int8"]["verified"] = agreement(float_model, int8_model, data, others, prep)
+        info["int8"]["verified"] = dict(agreement(float_model, int8_model, data, others, prep),
+                                        disjoint_from_calibration=not np.intersect1d(chosen, others).size)
     return graph, params, meta

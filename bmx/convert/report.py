@@ -26,7 +26,9 @@ def _int8(info):
                     else ")"))
     if "verified" in info:
         v = info["verified"]
-        lines.append(f"int8 vs float on {v['images']} other images: top-1 agreement {100 * v['top1_agreement']:.2f} %, "
+        which = ("other images" if v["disjoint_from_calibration"]
+                 else "images (DATA has fewer than twice as many: some also calibrated on)")
+        lines.append(f"int8 vs float on {v['images']} {which}: top-1 agreement {100 * v['top1_agreement']:.2f} %, "
                      f"max |logit diff| {v['max_abs_logit_diff']:.3g}; top-1 against the labels: float "
                      f"{100 * v['float_top1']:.2f} %, int8 {100 * v['int8_top1']:.2f} %")
     return lines
