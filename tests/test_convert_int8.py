@@ -11,6 +11,7 @@ import pytest
 import bmx
 from bmx import convert, datafiles, images, packed, runtime
 from bmx.convert import int8
+from bmx.symbol_json import parse_tuple
 from conftest import image_folder, pad_nchw, ref_conv2d
 
 F32 = np.float32
@@ -109,7 +110,7 @@ def test_zoo_model_int8_layers_compute_the_quantized_math(float_model, tmp_path)
         xq = np.clip(np.round(inp / x_scale), -127, 127)
         if w.ndim == 4:
             a = node["attrs"]
-            pad, stride = eval(a.get("pad", "(0, 0)")), eval(a.get("stride", "(1, 1)"))
+            pad, stride = parse_tuple(a.get("pad", "(0, 0)")), parse_tuple(a.get("stride", "(1, 1)"))
             acc = ref_conv2d(pad_nchw(xq, pad, 0), wq, stride, (1, 1), 1)  # float64 on integers: exact
             shape = (-1, 1, 1)
         else:
