@@ -73,7 +73,7 @@ class _Int8Conv(_Convolution):
         self.bias = (self.bias * scale + shift).astype(F32)
 
     def run(self, x, out=None):
-        xq = quantize_int8(x, self.input_scale, threads=self.threads)
+        xq = quantize_int8(np.ascontiguousarray(x), self.input_scale, threads=self.threads)
         y = int8_conv2d(xq, self.weight, stride=self.stride, padding=self.pad, dilation=self.dilate,
                         groups=self.groups, out_scale=self.out_scale, bias=self.bias, threads=self.threads)
         return into(y, out)
