@@ -12,6 +12,8 @@ one process, alternating round by round so that background load hits every candi
   with static_alloc/static_shape: what the network costs without binarization.
 * ``packed_mxnet``: the packed model in MXNet (SymbolBlock.imports; bmx_xnor_conv2d), hybridized.
 * ``packed_runtime``: the packed model in bmx.runtime (numpy + the xnor kernels, no MXNet).
+* ``packed_int8``: the same with int8 full-precision layers (bmx.convert.int8, calibrated on 8
+  random images: speed does not depend on the scales), in bmx.runtime.
 * ``exported``: the binary model as trained (float convolutions of signs) in MXNet.
 * ``onnx``: the same model exported by bmx.onnx_export (+-1 float weights) in ONNX Runtime, with
   ``--threads`` intra-op threads (left out, with a note, if the onnx extra is not installed).
@@ -20,8 +22,8 @@ Reported per batch size: the median milliseconds per forward pass of each, and s
 float_ms / packed_ms with the faster packed path. The Amdahl limit is the speedup if the binary
 layers took no time at all, estimated from bmx.summary's operation counts:
 (float MACs + binary MACs) / float MACs, time taken proportional to MACs.
-``--json`` prints one object: ``packed_ms``, ``float_ms`` and ``speedup`` at the first batch size,
-and everything else under ``batches``.
+``--json`` prints one object: ``packed_ms``, ``float_ms``, ``speedup`` and ``int8_ms`` at the first
+batch size, and everything else under ``batches``.
 """
 import argparse
 import json
@@ -56,7 +58,8 @@ def build(args, tmp):
     import numpy as np
 
     import bmx
-    from bmx import convert, runtime
+    from bmx import convert, packed, runtime
+    from bmx.convert import int8
 
     def randomized(net):
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
@@ -83,6 +86,12 @@ def build(args, tmp):
     exported = bmx.imports(prefix + "-symbol.json", prefix + "-0000.params")
     exported.hybridize(static_alloc=True, static_shape=True)
     model = runtime.load(packed_dir, threads=args.threads)
+    float_packed = packed.load_model(packed_dir)
+    sample = np.random.RandomState(1).uniform(-1, 1, (8, 3, args.size, args.size)).astype(np.float32)
+    layers = int8.int8_layers(float_packed.graph, float_packed.params)
+    peaks = int8.calibrate(float_packed, [sample], len(sample), layers)
+    int8_graph, int8_params, _ = int8.quantize(float_packed.graph, float_packed.params, peaks)
+    int8_model = runtime.Model(packed.PackedModel(int8_graph, int8_params, float_packed.meta), threads=args.threads)
 
     def in_mxnet(net):
         def run(x):
@@ -90,7 +99,7 @@ def build(args, tmp):
         return run
 
     candidates = {"float": in_mxnet(twin), "packed_mxnet": in_mxnet(packed_mx), "packed_runtime": model,
-                  "exported": in_mxnet(exported)}
+                  "packed_int8": int8_model, "exported": in_mxnet(exported)}
     try:
         import onnxruntime as ort
         from bmx import onnx_export
@@ -143,7 +152,8 @@ def main(argv=None):
 
     result = dict(model=args.model, input_size=args.size, threads=args.threads, cpu=cpu_model(),
                   batch=args.batch[0], packed_ms=first["packed_ms"], float_ms=first["float"],
-                  speedup=first["speedup"], onnx_ms=first.get("onnx"), amdahl_limit=amdahl,
+                  speedup=first["speedup"], int8_ms=first["packed_int8"], onnx_ms=first.get("onnx"),
+                  amdahl_limit=amdahl,
                   float_macs=summary.float_macs, binary_macs=summary.binary_macs, batches=batches)
     if args.json:
         print(json.dumps(result))
@@ -151,11 +161,12 @@ def main(argv=None):
     print(f"{args.model} at {args.size}x{args.size}, {args.threads} thread(s), {result['cpu']}")
     print(f"float MACs {summary.float_macs / 1e6:.0f}M, binary MACs {summary.binary_macs / 1e6:.0f}M: "
           f"Amdahl limit {amdahl:.1f}x (binary layers free, time proportional to MACs)")
-    print(f"{'batch':>5} {'float ms':>10} {'packed mxnet':>13} {'packed runtime':>15} {'exported':>10} "
-          f"{'onnx':>8} {'speedup':>8}")
+    print(f"{'batch':>5} {'float ms':>10} {'packed mxnet':>13} {'packed runtime':>15} {'int8 runtime':>13} "
+          f"{'exported':>10} {'onnx':>8} {'speedup':>8}")
     for batch, r in batches.items():
         print(f"{batch:>5} {r['float']:>10.2f} {r['packed_mxnet']:>13.2f} {r['packed_runtime']:>15.2f} "
-              f"{r['exported']:>10.2f} {r.get('onnx', float('nan')):>8.2f} {r['speedup']:>7.2f}x")
+              f"{r['packed_int8']:>13.2f} {r['exported']:>10.2f} {r.get('onnx', float('nan')):>8.2f} "
+              f"{r['speedup']:>7.2f}x")
     return 0
 
 

@@ -19,10 +19,10 @@ import struct
 
 import numpy as np
 
-from .images import decode_rgb
+from .images import decode_rgb, read_rgb
 
 __all__ = ["DataError", "CIFAR10_SPLIT_SEED", "heldout_indices", "read_index", "fingerprint", "RecordFile",
-           "folder_images"]
+           "folder_images", "image_readers"]
 
 # The CIFAR-10 hold-out depends on this constant only, not on the training seed, so that runs
 # with different seeds are validated on the same images.
@@ -153,3 +153,19 @@ def folder_images(root):
     if not items:
         raise DataError(f"{root}: no images found (expected {root}/<class>/<image>.jpg, one sub-folder per class)")
     return classes, items
+
+
+def image_readers(path, indices=None):
+    """One callable per image of ``path``, each returning (RGB uint8 (H, W, 3) array, class label):
+    a .rec file (with its .idx; the records at ``indices``, in that order, or all) or a directory of
+    class folders (:func:`folder_images`; ``indices`` into its sorted list, or all). Nothing is
+    decoded until a callable is called. Raises :class:`DataError` for another kind of path."""
+    if os.path.isdir(path):
+        _, items = folder_images(path)
+        chosen = range(len(items)) if indices is None else indices
+        return [lambda item=items[int(i)]: (read_rgb(item[0]), item[1]) for i in chosen]
+    if not path.endswith(".rec"):
+        raise DataError(f"{path}: expected a .rec file (with its .idx beside it) or an image-folder directory")
+    rec = RecordFile(path)
+    chosen = range(len(rec)) if indices is None else indices
+    return [lambda i=int(i): rec.image(i) for i in chosen]

@@ -91,9 +91,14 @@ def required_operators(symbol_file):
 def imports(symbol_file, param_file=None, input_names=("data",), ctx=None):
     """``SymbolBlock.imports`` that first checks that every bmx operator the model needs is loaded.
 
-    A file MXNet cannot load is a ModelFileError or PackedFormatError (both ValueErrors) naming it.
+    A file MXNet cannot load (one with int8 layers: bmx.runtime runs those) is a ModelFileError or
+    PackedFormatError (both ValueErrors) naming it.
     """
     _library.load()
+    int8 = [op for op in required_operators(symbol_file) if op in packed.INT8_OPS]
+    if int8:
+        raise ModelFileError(f"{symbol_file} has int8 layers ({', '.join(int8)}), which MXNet does not run: load "
+                             "it with bmx.runtime.load, or convert the model without --int8 to run it in MXNet")
     missing = [op for op in required_operators(symbol_file) if not _library.is_registered(op)]
     if missing:
         raise ModelFileError(

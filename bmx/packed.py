@@ -8,7 +8,10 @@ A packed model is a directory laid out like a ``example/train_imagenet.py`` outp
 * ``model.json``: metadata (the source model's ``model.json`` keys plus ``"packed"``, which holds
   ``params_sha256``, the sha256 of the params file, checked on load).
 
-Binary weights are stored packed, as int64 arrays (see docs/packed.md).
+Binary weights are stored packed, as int64 arrays (see docs/packed.md). Format version 1 holds
+float and binary layers; version 2 adds int8 full-precision layers (the ops in ``INT8_OPS``). A
+model is written with the lowest version that holds it, so float models stay readable by a bmx
+that reads version 1 only, and an int8 model is refused by it as "newer than this bmx reads".
 
 NDArray-list file (what ``mx.nd.save`` writes for a dict of dense arrays), all little-endian::
 
@@ -40,9 +43,11 @@ from ._atomic import atomic_path
 
 __all__ = ["PackedFormatError", "PackedModel", "read_params", "write_params", "load_model", "save_model",
            "check_replaceable", "recover", "scratch_directory", "check_preprocessing", "FORMAT_VERSION",
-           "SYMBOL_FILE", "PARAMS_FILE", "META_FILE"]
+           "SYMBOL_FILE", "PARAMS_FILE", "META_FILE", "INT8_OPS", "required_version"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this bmx reads
+INT8_OPS = ("bmx_int8_conv2d", "bmx_int8_dense")
+_INT8_VERSION = 2
 SYMBOL_FILE = "model-symbol.json"
 PARAMS_FILE = "model-0000.params"
 META_FILE = "model.json"
@@ -255,6 +260,11 @@ def _check_graph(graph, path):
             raise PackedFormatError(f"{path}: node {i} is not an MXNet node (needs 'op', 'name' and 'inputs')")
 
 
+def required_version(graph):
+    """The format version a symbol JSON dict needs: 2 if it has an int8 layer (INT8_OPS), else 1."""
+    return _INT8_VERSION if any(n.get("op") in INT8_OPS for n in graph["nodes"]) else 1
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -327,10 +337,15 @@ def load_model(directory):
     if not isinstance(meta, dict):
         raise PackedFormatError(f"{meta_path}: metadata must be a JSON object, got {type(meta).__name__}")
     packed_info = meta.get("packed") if isinstance(meta.get("packed"), dict) else {}
-    version = packed_info.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    version = packed_info.get("format_version", 1)
+    if not _is_int(version) or version < 1:
+        raise PackedFormatError(f"{meta_path}: packed.format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise PackedFormatError(f"{meta_path}: packed format version {version!r} is newer than this bmx "
                                 f"reads ({FORMAT_VERSION}); upgrade bmx")
+    if version < required_version(graph):
+        raise PackedFormatError(f"{meta_path}: packed.format_version is {version} but {SYMBOL_FILE} holds int8 "
+                                f"layers ({', '.join(INT8_OPS)}), which need version {_INT8_VERSION}")
     if "preprocessing" in meta:
         check_preprocessing(meta["preprocessing"], meta_path, meta)
     data = _read_bytes(params_path)
@@ -490,7 +505,8 @@ def save_model(directory, graph, params, meta, force=False):
     ``graph``: the symbol JSON as a dict; ``params``: dict ``"arg:NAME"`` / ``"aux:NAME"`` ->
     finite numpy array (every NAME a variable of the graph); ``meta``: a JSON-serializable dict for
     model.json (its ``preprocessing``, if any, valid: :func:`check_preprocessing`), written with
-    ``packed.params_sha256`` (the params file's sha256) added. Everything
+    ``packed.params_sha256`` (the params file's sha256) and ``packed.format_version`` (the lowest
+    version that holds ``graph``: :func:`required_version`) set. Everything
     is validated first, then written into a temporary sibling directory that is renamed into
     place, so an interrupted write never leaves a partial model under ``directory``. An existing
     ``directory`` is an error (FileExistsError, left untouched) unless ``force`` and
@@ -528,7 +544,7 @@ def save_model(directory, graph, params, meta, force=False):
         _write_records(os.path.join(tmp, PARAMS_FILE), records)
         with open(os.path.join(tmp, PARAMS_FILE), "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
-        info = dict(meta.get("packed", {"format_version": FORMAT_VERSION}), params_sha256=digest)
+        info = dict(meta.get("packed", {}), format_version=required_version(graph), params_sha256=digest)
         texts[META_FILE] = json.dumps(dict(meta, packed=info), indent=2)
         for name, text in texts.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:

@@ -71,16 +71,7 @@ def load_packed(model_dir, threads=None):
 def score_packed(model, path, indices, batch_size):
     """Loss (softmax cross-entropy), top-1 and top-5 of a bmx.runtime model, as training.evaluate
     reports them, on a .rec file (the records at ``indices``, or all) or a class-folder directory."""
-    if os.path.isdir(path):
-        _, items = datafiles.folder_images(path)
-        read = [lambda item=item: (images.read_rgb(item[0]), item[1]) for item in items]
-    else:
-        if not path.endswith(".rec"):
-            raise datafiles.DataError(f"{path}: expected a .rec file (with its .idx beside it) or an image-folder "
-                                    "directory")
-        rec = datafiles.RecordFile(path)
-        chosen = range(len(rec)) if indices is None else indices
-        read = [lambda i=int(i): rec.image(i) for i in chosen]
+    read = datafiles.image_readers(path, None if os.path.isdir(path) else indices)
     classes = model.meta["classes"]
     k = min(5, classes)
     top1 = topk = 0

@@ -241,3 +241,15 @@ def call_main(main, capsys, *args):
         code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def image_folder(path, count=4, seed=0):
+    """Class folders a/ and b/ under ``path`` of ``count`` random 32x32 PNG images each; returns str(path)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for label in ("a", "b"):
+        (path / label).mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(path / label / f"{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return str(path)

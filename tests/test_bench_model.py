@@ -18,6 +18,7 @@ def test_json_report_is_consistent():
     assert r["packed_ms"] == min(one["packed_mxnet"], one["packed_runtime"]) > 0
     assert r["float_ms"] == one["float"] > 0 and abs(r["speedup"] - r["float_ms"] / r["packed_ms"]) < 1e-9
     assert r["onnx_ms"] == one["onnx"] > 0 and r["batches"]["2"]["onnx"] > 0
+    assert r["int8_ms"] == one["packed_int8"] > 0 and r["batches"]["2"]["packed_int8"] > 0
     # the Amdahl limit of BinaryDenseNet-28: total MACs over the MACs left in float
     assert r["binary_macs"] > 10 * r["float_macs"] > 0
     assert abs(r["amdahl_limit"] - (r["binary_macs"] + r["float_macs"]) / r["float_macs"]) < 1e-9

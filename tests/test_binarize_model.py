@@ -17,6 +17,7 @@ from bmx import packed, runtime
 from bmx import nn as bnn
 from bmx import quantizers as Q
 from conftest import call_main as call_script
+from conftest import image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "binarize_model.py")
@@ -287,6 +288,12 @@ def test_errors_leave_inputs_untouched(case, args, message, run_dir, tmp_path, c
     (["--model", "m", "--params", "f", "--classes", "0", "--output", "o"], "--classes must be positive, got 0"),
     (["p", "--stem", "round", "--output", "o"], "argument --stem: invalid choice: 'round'"),
     (["p"], "the following arguments are required: --output"),
+    (["p", "--int8", "--output", "o"], "--int8 needs --calibrate DATA"),
+    (["p", "--calibrate", "d", "--output", "o"], "--calibrate and --calibration-images apply to --int8 only"),
+    (["p", "--calibration-images", "8", "--output", "o"], "--calibrate and --calibration-images apply to --int8 only"),
+    (["p", "--int8", "--calibrate", "d", "--calibration-images", "0", "--output", "o"],
+     "--calibration-images must be positive, got 0"),
+    (["--model", "m", "--params", "f", "--int8", "--calibrate", "d", "--output", "o"], "--int8 applies to PREFIX only"),
 ])
 def test_bad_arguments(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -300,3 +307,30 @@ def test_subprocess_error_exit_code(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == f"binarize_model.py: error: {tmp_path}/missing-symbol.json: no such file " \
                             "(expected PREFIX-symbol.json and PREFIX-NNNN.params from bmx.export)\n"
+
+
+def test_int8_from_an_exported_and_from_a_packed_model(run_dir, tmp_path, capsys):
+    directory, net = run_dir
+    data = image_folder(tmp_path / "images")
+    code, stdout, err = call_main(capsys, directory, "--output", tmp_path / "int8", "--int8", "--calibrate", data,
+                                  "--calibration-images", "4", "--verify")
+    assert code == 0, err
+    assert "layers exact" in stdout and "int8 layers: 3, calibrated on 4 images" in stdout
+    assert "int8 vs float on 4 other images: top-1 agreement" in stdout
+    meta = packed.load_model(str(tmp_path / "int8")).meta
+    assert meta["packed"]["format_version"] == 2 and meta["packed"]["int8"]["verified"]["images"] == 4
+    assert meta["packed"]["int8"]["calibration"]["data"] == str(data)
+
+    code, _, err = call_main(capsys, directory, "--output", tmp_path / "float")
+    assert code == 0, err
+    code, _, err = call_main(capsys, tmp_path / "float", "--output", tmp_path / "again")
+    assert code == 2 and "is already a packed model; pass --int8 --calibrate DATA" in err
+    code, stdout, err = call_main(capsys, tmp_path / "float", "--output", tmp_path / "int8b", "--int8",
+                                  "--calibrate", data, "--calibration-images", "4")
+    assert code == 0, err
+    assert "int8 layers: 3" in stdout and "packed " not in stdout  # no binary layer is packed again
+    written = [(tmp_path / name / packed.PARAMS_FILE).read_bytes() for name in ("int8", "int8b")]
+    assert written[0] == written[1], "the same images give the same int8 model, from either source"
+    code, _, err = call_main(capsys, tmp_path / "float", "--output", tmp_path / "int8c", "--int8",
+                             "--calibrate", data, "--calibration-images", "9")
+    assert code == 2 and "--calibration-images 9 is more than the 8 images of" in err

@@ -5,12 +5,22 @@
     python tools/binarize_model.py PREFIX --output OUT [--epoch N] [--verify] [--force]
     python tools/binarize_model.py --model binary_densenet28 --params net.params --output OUT \\
         [--stem cifar --classes 10 --input-size 32]                                  # net.save_parameters file
+    python tools/binarize_model.py PREFIX --output OUT --int8 --calibrate DATA [--calibration-images N] [--verify]
+    python tools/binarize_model.py PACKED_DIR --output OUT --int8 --calibrate DATA   # a packed float model
 
 PREFIX names PREFIX-symbol.json and PREFIX-NNNN.params (bmx.export; the newest epoch unless --epoch);
 a directory means DIR/model, with DIR/model.json as metadata. OUT is a directory (model-symbol.json,
 model-0000.params, model.json) that bmx.runtime.load(OUT) runs without MXNet and that
 mx.gluon.SymbolBlock.imports runs after `bmx.load_library()`; its missing parents are created. --force
 replaces only a packed model, never another directory. The conversion rules are in bmx/convert/.
+
+--int8 also makes the full-precision convolutions and fully connected layers int8 (bmx/convert/int8.py:
+per-output-channel weight scales, per-tensor input scales calibrated by running the float packed model
+on N images of DATA, a .rec file or class folders as example/evaluate.py --data reads them; the
+hold-out is left out of a model's own training file). Such a model runs in bmx.runtime only (MXNet
+refuses it) and is packed format version 2. With --verify, the int8 model's top-1 agreement and max
+|logit difference| with the float packed model on N other images of DATA are printed and recorded in
+model.json (packed.int8.verified).
 
 Temporary files live in a hidden scratch directory beside OUT, removed on every exit (SIGTERM and
 SIGHUP included); one left by a killed run is removed, and a replace it interrupted is finished or
@@ -45,6 +55,12 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace an existing --output packed model "
                    "(only a directory holding nothing but a packed model's files)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --verify inputs")
+    p.add_argument("--int8", action="store_true", help="make the full-precision convolutions and fully connected "
+                   "layers int8 (needs --calibrate)")
+    p.add_argument("--calibrate", metavar="DATA", help="--int8: calibration images, a .rec file (its .idx beside it) "
+                   "or a directory of class folders")
+    p.add_argument("--calibration-images", type=int, metavar="N", help="--int8: how many images of DATA to calibrate "
+                   f"on (default {convert.int8.DEFAULT_CALIBRATION_IMAGES}; --verify compares on N others)")
     return p
 
 
@@ -62,7 +78,13 @@ def main(argv=None):
         given = [f"--{name}" for name in ("params", "stem", "classes") if getattr(args, name) is not None]
         if given:
             parser.error(f"{', '.join(given)} apply to --model only")
-    for name in ("epoch", "classes", "input_size"):
+    if args.int8 and args.calibrate is None:
+        parser.error("--int8 needs --calibrate DATA (images to calibrate the int8 layers' input scales on)")
+    if not args.int8 and (args.calibrate is not None or args.calibration_images is not None):
+        parser.error("--calibrate and --calibration-images apply to --int8 only")
+    if args.int8 and args.model is not None:
+        parser.error("--int8 applies to PREFIX only (its model.json gives the preprocessing of the calibration images)")
+    for name in ("epoch", "classes", "input_size", "calibration_images"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "epoch" else 1):
             parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'epoch' else 'positive'}, got {value}")
@@ -126,8 +148,10 @@ def _convert(args):
                 return convert.binarize_gluon(args.model, args.params, args.output, stem=args.stem,
                                               classes=args.classes or 1000, input_size=args.input_size,
                                               force=args.force, verify=args.verify, seed=args.seed)
+            count = args.calibration_images or convert.int8.DEFAULT_CALIBRATION_IMAGES
             return convert.binarize(args.prefix, args.output, epoch=args.epoch, force=args.force,
-                                    verify=args.verify, input_size=args.input_size, seed=args.seed)
+                                    verify=args.verify, input_size=args.input_size, seed=args.seed,
+                                    calibrate=args.calibrate, calibration_images=count)
         finally:
             tempfile.tempdir = saved
 

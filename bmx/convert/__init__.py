@@ -37,18 +37,19 @@ from .common import ConvertError, VerificationError
 from .source import resolve_source
 
 __all__ = ["convert", "binarize", "binarize_gluon", "resolve_source", "verify_packed", "format_report",
-           "ConvertError", "VerificationError", "theoretical_size_from_graph"]
+           "ConvertError", "VerificationError", "theoretical_size_from_graph", "quantize_packed"]
 
-# Converting runs MXNet, finding a model's files does not: the names that need mxnet load their
-# module on first use (PEP 562), so that bmx.onnx_export can use resolve_source without mxnet.
-_NEEDS_MXNET = {"binarize": "pipeline", "binarize_gluon": "pipeline", "convert": "pipeline",
-                "format_report": "report", "theoretical_size_from_graph": "sizes", "verify_packed": "verify"}
-_MODULES = ("common", "patterns", "pipeline", "report", "rewrite", "sizes", "source", "verify")
+# Converting runs MXNet, finding a model's files does not: the names that need mxnet (or, for
+# quantize_packed, bmx.runtime and OpenCV) load their module on first use (PEP 562), so that
+# bmx.onnx_export can use resolve_source without them.
+_LAZY = {"binarize": "pipeline", "binarize_gluon": "pipeline", "convert": "pipeline", "format_report": "report",
+         "quantize_packed": "int8", "theoretical_size_from_graph": "sizes", "verify_packed": "verify"}
+_MODULES = ("common", "int8", "patterns", "pipeline", "report", "rewrite", "sizes", "source", "verify")
 
 
 def __getattr__(name):
     if name in _MODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in _NEEDS_MXNET:
-        return getattr(importlib.import_module(f"{__name__}.{_NEEDS_MXNET[name]}"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

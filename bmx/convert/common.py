@@ -8,7 +8,7 @@ WEIGHT_SIGN_OP = "bmx_weight_sign"
 WEIGHT_QUANTIZER_OPS = (WEIGHT_SIGN_OP, "bmx_quantize_weight")
 XNOR_OP = "bmx_xnor_conv2d"
 # mshadow type flags, as MXNet writes them in a variable's __dtype__ attribute
-DTYPE_FLAGS = {np.dtype(np.float32): 0, np.dtype(np.int64): 6}
+DTYPE_FLAGS = {np.dtype(np.float32): 0, np.dtype(np.int8): 5, np.dtype(np.int64): 6}
 # Ops that only the composite (stock-operator) quantizers put in an exported graph: their
 # straight-through estimators are q + (g - BlockGrad(g)).
 COMPOSITE_MARKERS = ("BlockGrad", "stop_gradient")

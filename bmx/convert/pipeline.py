@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import __version__, _library, model_io, models, packed, runtime, symbol_json
 from .common import COMPOSITE_MARKERS, SIGN_OPS, ConvertError, ints, layer_name
+from .int8 import DEFAULT_CALIBRATION_IMAGES, DEFAULT_PERCENTILE, quantize_packed
 from .rewrite import fold_constants, rewrite_binary_layers
 from .sizes import serialized_size, split_params, theoretical_from_zoo, theoretical_size_from_graph, zoo_spec
 from .source import resolve_source
@@ -152,7 +153,7 @@ def check_output(output_dir, inputs, force):
 def packed_meta(meta, report, sources):
     """The packed model's model.json: the source metadata plus a "packed" entry (format, sources, sizes)."""
     sizes = report["sizes"]
-    info = dict(format_version=packed.FORMAT_VERSION, bmx_version=__version__, source_files=sources,
+    info = dict(bmx_version=__version__, source_files=sources,
                 params_file_bytes=sizes["params_file_bytes"], packed_params_bytes=sizes["packed_params_bytes"],
                 theoretical_bytes=sizes["theoretical_bytes"], theoretical_source=sizes["theoretical_source"],
                 packed_layers=len(report["layers"]))
@@ -185,7 +186,8 @@ def input_shape(symbol_file, params_file, spec, input_size, batch):
 
 
 def binarize(source, output_dir, *, epoch=None, force=False, verify=False, input_size=None, seed=0, batch=2,
-             meta=None, _sources=None):
+             meta=None, calibrate=None, calibration_images=DEFAULT_CALIBRATION_IMAGES, percentile=DEFAULT_PERCENTILE,
+             _sources=None):
     """Converts an exported model and writes the packed model directory (bmx.packed.save_model).
 
     Args:
@@ -200,14 +202,25 @@ def binarize(source, output_dir, *, epoch=None, force=False, verify=False, input
         input_size: height = width of the verification inputs (default: model.json's image
             size, else 224).
         meta: metadata to use instead of the model.json found beside the source.
+        calibrate: images (a .rec file or class folders, as example/evaluate.py's --data) to
+            calibrate int8 full-precision layers on (:mod:`bmx.convert.int8`); None keeps them
+            float. With it, ``source`` may also be a packed float model directory, quantized as is.
+        calibration_images, percentile: how many images, and which percentile of |input| sets
+            each layer's input scale. With ``verify``, the int8 model's agreement with the float
+            one is measured on as many other images (``report["int8"]["verified"]``).
 
     Returns:
-        The report of :func:`convert` (with ``verify`` results if asked, and ``output_dir``).
+        The report of :func:`convert` (with ``verify`` results if asked, ``int8`` with
+        ``calibrate``, and ``output_dir``); for a packed source, ``int8``, ``source_dir`` and
+        ``output_dir`` only.
     """
     symbol_file, params_file, found_meta = resolve_source(source, epoch)
     meta = found_meta if meta is None else meta
     sources = _sources or [os.path.abspath(symbol_file), os.path.abspath(params_file)]
     check_output(output_dir, sources, force)
+    if isinstance(meta, dict) and isinstance(meta.get("packed"), dict):
+        return _int8_of_packed(os.path.dirname(symbol_file), output_dir, force, verify, calibrate,
+                               calibration_images, percentile)
     graph, params, report = convert(symbol_file, params_file, meta)
     if verify:
         shape = input_shape(symbol_file, params_file, zoo_spec(meta), input_size, batch)
@@ -215,9 +228,29 @@ def binarize(source, output_dir, *, epoch=None, force=False, verify=False, input
             trial = os.path.join(tmp, "packed")
             packed.save_model(trial, graph, params, packed_meta(meta, report, sources))
             report["verify"] = verify_packed(symbol_file, params_file, trial, report, shape, seed=seed)
-    packed.save_model(output_dir, graph, params, packed_meta(meta, report, sources), force=force)
+    meta = packed_meta(meta, report, sources)
+    if calibrate is not None:
+        float_model = packed.PackedModel(graph, params, meta, os.path.dirname(os.path.abspath(symbol_file)))
+        graph, params, meta = quantize_packed(float_model, calibrate, count=calibration_images,
+                                              percentile=percentile, verify=verify)
+        report["int8"] = meta["packed"]["int8"]
+    packed.save_model(output_dir, graph, params, meta, force=force)
     report["output_dir"] = os.path.abspath(output_dir)
     return report
+
+
+def _int8_of_packed(source_dir, output_dir, force, verify, calibrate, count, percentile):
+    """binarize() of a packed float model: its full-precision layers made int8."""
+    if calibrate is None:
+        raise ConvertError(f"{source_dir} is already a packed model; pass --int8 --calibrate DATA to make its "
+                           "full-precision layers int8")
+    model = packed.load_model(source_dir)
+    if packed.required_version(model.graph) > 1:
+        raise ConvertError(f"{source_dir}: its full-precision layers are int8 already")
+    graph, params, meta = quantize_packed(model, calibrate, count=count, percentile=percentile, verify=verify)
+    packed.save_model(output_dir, graph, params, meta, force=force)
+    return dict(source_dir=os.path.abspath(source_dir), int8=meta["packed"]["int8"],
+                output_dir=os.path.abspath(output_dir))
 
 
 def binarize_gluon(model, params_file, output_dir, *, stem=None, classes=1000, input_size=None, force=False,

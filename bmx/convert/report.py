@@ -6,7 +6,35 @@ def _mb(n):
 
 
 def format_report(report):
-    """The report as lines of text: packed layers, constants, warnings, sizes."""
+    """The report as lines of text: packed layers, constants, warnings, sizes, int8 layers."""
+    lines = []
+    if "layers" in report:
+        lines += _packing(report)
+    if "int8" in report:
+        lines += _int8(report["int8"])
+    return lines
+
+
+def _int8(info):
+    lines = [f"int8 {layer['node']} ({layer['op']} -> {layer['int8_op']}, weight {tuple(layer['weight_shape'])}): "
+             f"input peak {layer['input_peak']:.4g}, input scale {layer['input_scale']:.4g}, weight scales "
+             f"{layer['weight_scale_min']:.3g} .. {layer['weight_scale_max']:.3g}" for layer in info["layers"]]
+    c = info["calibration"]
+    lines.append(f"int8 layers: {len(info['layers'])}, calibrated on {c['images']} images of {c['data']} "
+                 f"(percentile {c['percentile']:g} of |input|"
+                 + (f"; its {c['holdout_images_left_out']} held-out images left out)" if c["holdout_images_left_out"]
+                    else ")"))
+    if "verified" in info:
+        v = info["verified"]
+        which = ("other images" if v["disjoint_from_calibration"]
+                 else "images (DATA has fewer than twice as many: some also calibrated on)")
+        lines.append(f"int8 vs float on {v['images']} {which}: top-1 agreement {100 * v['top1_agreement']:.2f} %, "
+                     f"max |logit diff| {v['max_abs_logit_diff']:.3g}; top-1 against the labels: float "
+                     f"{100 * v['float_top1']:.2f} %, int8 {100 * v['int8_top1']:.2f} %")
+    return lines
+
+
+def _packing(report):
     lines = []
     for layer in report["layers"]:
         lines.append(f"packed {layer['layer']} ({layer['op']} pattern {layer['pattern']}, weight "

@@ -1,12 +1,15 @@
 """The ops the runtime supports, by MXNet op name."""
 from .elementwise import (_AddN, _BatchNorm, _Binary, _Clip, _Identity, _LeakyReLU, _QuantizeAct, _QuantizeWeight,
                           _Reduce, _Scalar, _SignOp, _Unary, _WeightSign)
+from .int8 import _Int8Conv, _Int8Dense
 from .layers import _Convolution, _FullyConnected, _Pooling, _XnorConv
 from .shapes import _Concat, _Flatten, _Pad, _Reshape, _Slice, _SliceAxis, _Softmax
 
 OPS = {
     "Convolution": _Convolution,
     "bmx_xnor_conv2d": _XnorConv,
+    "bmx_int8_conv2d": _Int8Conv,
+    "bmx_int8_dense": _Int8Dense,
     "FullyConnected": _FullyConnected,
     "BatchNorm": _BatchNorm,
     "Activation": _Unary,
