@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "bmx")
 
 # numpy and the compiled extension only (bmx.images adds OpenCV)
-DEPLOYMENT = ("bmx._atomic", "bmx._int8_stand_in", "bmx.datafiles", "bmx.images", "bmx.packed", "bmx.quantizer_math", "bmx.runtime",
+DEPLOYMENT = ("bmx._atomic", "bmx.datafiles", "bmx.images", "bmx.packed", "bmx.quantizer_math", "bmx.runtime",
               "bmx.symbol_json", "bmx.xnor")
 TRAINING = ("bmx._library", "bmx.config", "bmx.data", "bmx.devices", "bmx.distillation", "bmx.memory_data",
             "bmx.model_io", "bmx.models", "bmx.nn", "bmx.optimizer_state", "bmx.optimizers", "bmx.precision",

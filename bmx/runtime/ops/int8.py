@@ -16,10 +16,7 @@ from ..graph import F32, REQUIRED, product
 from .elementwise import Op, into
 from .layers import _Convolution, read_window
 
-try:
-    from ...xnor import int8_conv2d, int8_dense, quantize_int8
-except ImportError:  # STAND-IN until branch i16a's kernels are merged
-    from ..._int8_stand_in import int8_conv2d, int8_dense, quantize_int8
+from ...xnor import int8_conv2d, int8_dense, quantize_int8
 
 
 def _scales(op, node, params, outputs, weight_ndim):
