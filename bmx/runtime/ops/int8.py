@@ -12,11 +12,10 @@ The kernels are bmx.xnor's ``quantize_int8``, ``int8_conv2d`` and ``int8_dense``
 """
 import numpy as np
 
+from ...xnor import int8_conv2d, int8_dense, quantize_int8
 from ..graph import F32, REQUIRED, product
 from .elementwise import Op, into
 from .layers import _Convolution, read_window
-
-from ...xnor import int8_conv2d, int8_dense, quantize_int8
 
 
 def _scales(op, node, params, outputs, weight_ndim):
