@@ -3,6 +3,7 @@
 
     python benchmarks/bench_model.py --model binary_densenet28 --threads 1
     python benchmarks/bench_model.py --model binary_densenet28 --threads 2 --batch 1,8,32 --json
+    python benchmarks/bench_model.py --threads 1 2 --batch 1 --profile
 
 The model (ImageNet stem, 1000 classes, random weights and BatchNorm statistics: speed does not
 depend on the values) is exported with bmx.export and packed with bmx.convert.binarize. Timed in
@@ -24,6 +25,18 @@ layers took no time at all, estimated from bmx.summary's operation counts:
 (float MACs + binary MACs) / float MACs, time taken proportional to MACs.
 ``--json`` prints one object: ``packed_ms``, ``float_ms``, ``speedup`` and ``int8_ms`` at the first
 batch size, and everything else under ``batches``.
+
+Several ``--threads`` counts (``--threads 1 2``): the table runs at the last one (MXNet and ONNX
+Runtime take their thread count once per process), and the packed model in bmx.runtime is also
+loaded once per count and timed at each, all counts alternating round by round in the same
+process; a line per batch size gives each count's median and its speedup over the first count
+(``runtime_threads`` in the JSON). ``--variant int8`` compares (and profiles) the int8 model instead.
+
+``--profile`` (instead of the table): where bmx.runtime's time goes at the first batch size, per
+op kind (``--profile layers``: per layer), for each ``--threads`` count: the median over
+``--rounds`` of each step's time (time.perf_counter around it, Model.profile), its share of the
+sum of the steps and its speedup over the first thread count; then the forward passes' medians
+with the profile switched off, timed in the same rounds.
 """
 import argparse
 import json
@@ -37,18 +50,27 @@ import time
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="binary_densenet28", help="zoo model (default binary_densenet28)")
-    p.add_argument("--threads", type=int, default=1, help="threads for MXNet and the xnor kernels (default 1)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="threads for MXNet and the xnor kernels (default 1); several: see above")
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--size", type=int, default=224, help="input height = width (default 224)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per batch size (default 7)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--profile", nargs="?", const="ops", choices=("ops", "layers"),
+                   help="print bmx.runtime's per-step profile instead of the table (per op kind, or per layer)")
+    p.add_argument("--variant", choices=("float", "int8"), default="float",
+                   help="which packed model the thread comparison and --profile run: the exact float one "
+                        "(default) or the one with int8 full-precision layers")
     args = p.parse_args(argv)
     try:
         args.batch = [int(b) for b in args.batch.split(",") if b.strip()]
     except ValueError:
         p.error(f"--batch must be comma-separated integers, got {args.batch!r}")
-    if not args.batch or min(args.batch) < 1 or args.threads < 1 or args.rounds < 1 or args.size < 32:
+    if not args.batch or min(args.batch) < 1 or min(args.threads) < 1 or args.rounds < 1 or args.size < 32:
         p.error("--batch, --threads and --rounds must be >= 1 and --size >= 32")
+    if args.profile and args.json:
+        p.error("--profile prints a table: leave out --json")
+    args.thread_counts, args.threads = args.threads, args.threads[-1]
     return args
 
 
@@ -91,7 +113,8 @@ def build(args, tmp):
     layers = int8.int8_layers(float_packed.graph, float_packed.params)
     peaks = int8.calibrate(float_packed, [sample], len(sample), layers)
     int8_graph, int8_params, _ = int8.quantize(float_packed.graph, float_packed.params, peaks)
-    int8_model = runtime.Model(packed.PackedModel(int8_graph, int8_params, float_packed.meta), threads=args.threads)
+    int8_packed = packed.PackedModel(int8_graph, int8_params, float_packed.meta)
+    int8_model = runtime.Model(int8_packed, threads=args.threads)
 
     def in_mxnet(net):
         def run(x):
@@ -111,7 +134,7 @@ def build(args, tmp):
         options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         session = ort.InferenceSession(os.path.join(tmp, "model.onnx"), options, providers=["CPUExecutionProvider"])
         candidates["onnx"] = lambda x: session.run(None, {"data": x})
-    return candidates, summary
+    return candidates, summary, {"float": float_packed, "int8": int8_packed}
 
 
 def measure(candidates, batch, size, rounds):
@@ -131,6 +154,76 @@ def measure(candidates, batch, size, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def runtime_models(source, counts):
+    """The packed model ``source`` (a bmx.packed.PackedModel) in bmx.runtime, once per thread count."""
+    from bmx import runtime
+
+    return {threads: runtime.Model(source, threads=threads) for threads in counts}
+
+
+def thread_comparison(models, batches, size, rounds):
+    """{batch: {threads: median ms}} of the runtime models, all counts alternating round by round."""
+    return {batch: measure(models, batch, size, rounds) for batch in batches}
+
+
+def profile(models, batch, size, rounds, per_layer):
+    """Per-step profile of each model (one per thread count): (rows, totals, forward).
+
+    rows: [(label, {threads: median ms})], label the op kind or 'layer (kind)', ordered by the first
+    count's time; totals: {threads: median of the sum of the steps}; forward: {threads: median ms
+    of a plain forward pass}. Every round profiles each model once and runs it once unprofiled.
+    """
+    import numpy as np
+
+    x = np.random.RandomState(batch).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
+    times = {t: {} for t in models}
+    totals, forward = {t: [] for t in models}, {t: [] for t in models}
+    for model in models.values():
+        model.profile(x)
+        model(x)
+    for _ in range(rounds):
+        for t, model in models.items():
+            _, steps = model.profile(x)
+            per_round = {}
+            for name, kind, seconds in steps:
+                label = f"{name} ({kind})" if per_layer else kind
+                per_round[label] = per_round.get(label, 0.0) + 1000 * seconds
+            for label, ms in per_round.items():
+                times[t].setdefault(label, []).append(ms)
+            totals[t].append(sum(per_round.values()))
+            start = time.perf_counter()
+            model(x)
+            forward[t].append(1000 * (time.perf_counter() - start))
+    first = next(iter(models))
+    labels = sorted(times[first], key=lambda label: -statistics.median(times[first][label]))
+    rows = [(label, {t: statistics.median(times[t][label]) for t in models}) for label in labels]
+    return rows, {t: statistics.median(v) for t, v in totals.items()}, \
+        {t: statistics.median(v) for t, v in forward.items()}
+
+
+def print_profile(args, rows, totals, forward):
+    counts = list(totals)
+    first = counts[0]
+    print(f"bmx.runtime profile ({args.variant} packed model): {args.model} at {args.size}x{args.size}, batch {args.batch[0]}, "
+          f"median of {args.rounds} rounds (ms per step kind{' and layer' if args.profile == 'layers' else ''})")
+    head = "".join(f" {f'{t}T ms':>9} {'share':>6}" + (f" {'speedup':>8}" if t != first else "") for t in counts)
+    width = max(len("sum of steps"), *(len(label) for label, _ in rows))
+    print(f"{'step':<{width}}{head}")
+
+    def line(label, ms, share=True):
+        cells = ""
+        for t in counts:
+            cells += f" {ms[t]:>9.3f}" + (f" {100 * ms[t] / totals[t]:>5.1f}%" if share else " " * 7)
+            if t != first:
+                cells += f" {ms[first] / ms[t]:>7.2f}x"
+        print(f"{label:<{width}}{cells}")
+
+    for label, ms in rows:
+        line(label, ms)
+    line("sum of steps", totals)
+    line("forward (unprofiled)", forward, share=False)
+
+
 def main(argv=None):
     args = parse_args(argv)
     # MXNet and OpenMP read the thread count when they start: set it before importing them.
@@ -138,7 +231,12 @@ def main(argv=None):
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory() as tmp:
-        candidates, summary = build(args, tmp)
+        candidates, summary, sources = build(args, tmp)
+        models = runtime_models(sources[args.variant], args.thread_counts) if len(args.thread_counts) > 1 or args.profile else None
+        if args.profile:
+            print_profile(args, *profile(models, args.batch[0], args.size, args.rounds, args.profile == "layers"))
+            return 0
+        by_threads = thread_comparison(models, args.batch, args.size, args.rounds) if models else None
         batches = {}
         for batch in tqdm(args.batch, desc="batch sizes", disable=args.json, leave=False):
             ms = measure(candidates, batch, args.size, args.rounds)
@@ -153,8 +251,8 @@ def main(argv=None):
     result = dict(model=args.model, input_size=args.size, threads=args.threads, cpu=cpu_model(),
                   batch=args.batch[0], packed_ms=first["packed_ms"], float_ms=first["float"],
                   speedup=first["speedup"], int8_ms=first["packed_int8"], onnx_ms=first.get("onnx"),
-                  amdahl_limit=amdahl,
-                  float_macs=summary.float_macs, binary_macs=summary.binary_macs, batches=batches)
+                  amdahl_limit=amdahl, float_macs=summary.float_macs, binary_macs=summary.binary_macs,
+                  batches=batches, runtime_threads=by_threads)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -167,6 +265,11 @@ def main(argv=None):
         print(f"{batch:>5} {r['float']:>10.2f} {r['packed_mxnet']:>13.2f} {r['packed_runtime']:>15.2f} "
               f"{r['packed_int8']:>13.2f} {r['exported']:>10.2f} {r.get('onnx', float('nan')):>8.2f} "
               f"{r['speedup']:>7.2f}x")
+    for batch, ms in (by_threads or {}).items():
+        first = args.thread_counts[0]
+        print(f"bmx.runtime ({args.variant} packed model), batch {batch}, thread counts alternating: " + ", ".join(
+            f"{t} thread(s) {ms[t]:.2f} ms" + (f" ({ms[first] / ms[t]:.2f}x the speed of {first})" if t != first else "")
+            for t in ms))
     return 0
 
 

@@ -300,6 +300,83 @@ static inline BMX_AVX512_TARGET void bmx_fconv_avx512(int mr, const float* base,
 #endif
 
 /*
+ * The 1x1, stride 1, unpadded case of bmx_conv_f32: per image and group a matrix
+ * product, out[n, g Og + m, p] = bias + sum over c < Cg of W[g Og + m, c] x[n, g Cg
+ * + c, p], the h w pixels p of a plane taken as one row. Both operands are first
+ * laid out for the micro-kernel to read them in order: the weights once per call,
+ * in blocks of mr output channels (wp[g, block, c, m], zero past Og), and each tile
+ * of NR pixels by the thread that takes it (zero past the plane), which keeps it
+ * in L1 while the blocks of output channels pass. With a single block a full tile
+ * is read only once: in place. The tasks, (image, group, tile, block), give every
+ * thread work at batch 1 down to a 7 x 7 plane; a thread's consecutive tasks share
+ * a tile. Sums in the same order as bmx_conv_f32's.
+ */
+static inline int bmx_conv1x1_f32(bmx_fconv_kernel mk, int mr, const float* x, size_t batch,
+                                  size_t channels, size_t hw, const float* wt, const float* bias,
+                                  size_t groups, size_t out_channels, float* out, size_t o_batch,
+                                  size_t o_channel, int threads) {
+  const size_t cg = channels / groups, og = out_channels / groups, r = (size_t)mr;
+  const size_t tiles = (hw + BMX_FCONV_NR - 1) / BMX_FCONV_NR, blocks = (og + r - 1) / r;
+  float* wp = (float*)malloc(groups * blocks * cg * r * sizeof(float));
+  size_t* offsets = (size_t*)malloc(2 * cg * sizeof(size_t)); /* in a tile, then in x */
+  if (wp == NULL || offsets == NULL) {
+    free(wp);
+    free(offsets);
+    return -1;
+  }
+  for (size_t c = 0; c < cg; ++c) {
+    offsets[c] = c * BMX_FCONV_NR;
+    offsets[cg + c] = c * hw;
+  }
+  const int team = bmx_team_size(threads);
+  (void)team;
+  const long panels = (long)(groups * blocks), tasks = (long)(batch * groups * tiles * blocks);
+  int failed = 0;
+#pragma omp parallel num_threads(team) if (team > 1 && batch * out_channels * hw * cg > BMX_FLOAT_GRAIN)
+  {
+#pragma omp for schedule(static)
+    for (long q = 0; q < panels; ++q) {
+      const size_t g = (size_t)q / blocks, m0 = (size_t)q % blocks * r;
+      float* dst = wp + (size_t)q * cg * r;
+      for (size_t c = 0; c < cg; ++c)
+        for (size_t m = 0; m < r; ++m)
+          dst[c * r + m] = m0 + m < og ? wt[(g * cg + c) * og + m0 + m] : 0.0f;
+    }
+    float* tile = (float*)malloc(cg * BMX_FCONV_NR * sizeof(float));
+    if (tile == NULL) {
+#pragma omp atomic write
+      failed = 1;
+    }
+    size_t tile_of = (size_t)-1; /* the (image, group, tile) that `tile` holds */
+#pragma omp for schedule(static)
+    for (long t = 0; t < tasks; ++t) {
+      if (tile == NULL) continue;
+      const size_t block = (size_t)t % blocks, here = (size_t)t / blocks;
+      const size_t ng = here / tiles, n = ng / groups, g = ng % groups;
+      const size_t j0 = here % tiles * BMX_FCONV_NR;
+      const int ncols = hw - j0 < BMX_FCONV_NR ? (int)(hw - j0) : BMX_FCONV_NR;
+      const float* src = x + (n * channels + g * cg) * hw + j0;
+      const int in_place = blocks == 1 && ncols == BMX_FCONV_NR;
+      if (!in_place && tile_of != here) {
+        for (size_t c = 0; c < cg; ++c)
+          for (int j = 0; j < BMX_FCONV_NR; ++j)
+            tile[c * BMX_FCONV_NR + j] = j < ncols ? src[c * hw + j] : 0.0f;
+        tile_of = here;
+      }
+      const size_t m0 = block * r, o = g * og + m0;
+      mk(og - m0 < r ? (int)(og - m0) : mr, in_place ? src : tile, offsets + (in_place ? cg : 0), cg,
+         wp + (g * blocks + block) * cg * r,
+         r, bias != NULL ? bias + o : NULL, out + n * o_batch + o * o_channel + j0, o_channel,
+         ncols);
+    }
+    free(tile);
+  }
+  free(wp);
+  free(offsets);
+  return failed ? -1 : 0;
+}
+
+/*
  * Float 2-D convolution, NCHW, as MXNet's Convolution (cross-correlation):
  *     out[n, o, i, j] = bias[o] + sum over c < Cg, a < kh, b < kw of
  *                       W[o, c, a, b] * x[n, g Cg + c, i sh + a dh - ph, j sw + b dw - pw]
@@ -321,6 +398,7 @@ static inline BMX_AVX512_TARGET void bmx_fconv_avx512(int mr, const float* base,
  * (a, b) of outputs j0 .. j0+NR-1 in row i reads xp[n, c, i sh + a dh, f, j0 + d
  * .. + NR - 1] with b dw = d sw + f: contiguous. Rows of phases run to len =
  * (whole tiles of output columns) + max d, so a tile never reads past its row.
+ * A 1x1 kernel of stride 1 without padding needs no copy (bmx_conv1x1_f32).
  */
 static inline int bmx_conv_f32(const float* x, size_t batch, size_t channels, size_t h, size_t w,
                                const float* wt, const float* bias, size_t groups,
@@ -344,6 +422,9 @@ static inline int bmx_conv_f32(const float* x, size_t batch, size_t channels, si
   const size_t ow = bmx_conv_out_extent(w, pw, kw, sw, dw);
   const size_t cg = channels / groups, og = out_channels / groups, terms = cg * kh * kw;
   if (terms == 0 || oh == 0 || ow == 0 || og == 0) return -2;
+  if (kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0)
+    return bmx_conv1x1_f32(mk, mr, x, batch, channels, h * w, wt, bias, groups, out_channels, out,
+                           o_batch, o_channel, threads);
   const size_t tiles_w = (ow + BMX_FCONV_NR - 1) / BMX_FCONV_NR;
   const size_t hp = h + 2 * ph, len = tiles_w * BMX_FCONV_NR + (kw - 1) * dw / sw;
   const size_t plane = hp * sw * len;

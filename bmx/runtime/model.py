@@ -1,6 +1,7 @@
 """The compiled packed model and ``load``."""
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -60,6 +61,33 @@ class Model(Compiler, Planner):
         Returns the output array, e.g. (N, classes) logits, or a tuple if the graph has several
         heads. Raises ValueError if x does not fit the model (naming the node that rejects it).
         """
+        return self._execute(x, None)
+
+    def profile(self, x):
+        """Runs the model on ``x`` as :meth:`forward` does, timing each step (time.perf_counter).
+
+        Returns (output, steps): steps is a list, in execution order, of (node name, kind,
+        seconds), kind being the step's op as the runtime runs it after its rewrites (e.g.
+        'XnorConv', 'Convolution 7x7', 'Pooling max', 'Concat'). Steps folded away at load time
+        are not there; their time is part of the step they were folded into.
+        """
+        steps = []
+        kinds = {e.out: (e.node.name, step_kind(e.op)) for e in self._entries}
+
+        def timed(run, out):
+            name, kind = kinds[out]
+
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                result = run(*args, **kwargs)
+                steps.append((name, kind, time.perf_counter() - start))
+                return result
+            return call
+
+        return self._execute(x, timed), steps
+
+    def _execute(self, x, wrap):
+        """forward, with each step's run replaced by wrap(run, output slot) if wrap is given."""
         x = self._check_input(x)
         with self._lock:  # the plan's buffers are shared by all calls
             plan = self._plans.get(x.shape) or self._plan(x.shape)
@@ -69,7 +97,10 @@ class Model(Compiler, Planner):
                 self._bound = plan
             regs = plan.template.copy()
             regs[0] = x
-            for run, args, out, view, frees in plan.bind():
+            steps = plan.bind()
+            if wrap is not None:
+                steps = [(wrap(run, out), args, out, view, frees) for run, args, out, view, frees in steps]
+            for run, args, out, view, frees in steps:
                 regs[out] = run(*[regs[a] for a in args]) if view is None else run(*[regs[a] for a in args], out=view)
                 for slot in frees:
                     regs[slot] = None
@@ -88,6 +119,18 @@ class Model(Compiler, Planner):
             raise ValueError(f"{self._name}: the model takes {self.input_channels} input channels (NCHW), "
                              f"got shape {x.shape}")
         return np.ascontiguousarray(x)
+
+
+def step_kind(op):
+    """A step's op for a profile: its class, with the kernel of a convolution and the kind of a pooling."""
+    kind = type(op).__name__.strip("_")
+    if kind == "Chain":
+        return f"{step_kind(op.first)} + {step_kind(op.second)}"
+    if kind in ("Convolution", "XnorConv"):
+        return f"{kind} {op.kernel[0]}x{op.kernel[1]}"
+    if kind == "Pooling":
+        return f"{kind} {'global ' if op.global_pool else ''}{op.kind}"
+    return kind
 
 
 def load(directory, threads=None):

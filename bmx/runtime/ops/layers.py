@@ -16,11 +16,12 @@ def read_window(op, node):
 
 
 class _Convolution(Op):
-    """Float 2-D convolution (NCHW, groups, stride, pad, dilate, optional bias). A 1x1 kernel (stride
-    1, no padding) multiplies the channels directly (BLAS). Other kernels run floatops.h's direct
-    convolution, which reads the input in place of an im2col matrix, where its AVX2 / AVX-512
-    variants run (bmx.xnor.get_kernel()); else im2col and a matrix product, which BLAS then does
-    faster. Sums in a different order, and with FMA: the paths agree up to float rounding."""
+    """Float 2-D convolution (NCHW, groups, stride, pad, dilate, optional bias). Runs floatops.h's
+    direct convolution, which reads the input in place of an im2col matrix, on the model's threads,
+    where its AVX2 / AVX-512 variants run (bmx.xnor.get_kernel()); 1x1 kernels too, so that BLAS's
+    own thread pool never competes with the kernels' OpenMP threads. Else a 1x1 kernel (stride 1,
+    no padding) multiplies the channels directly and others run im2col, both with BLAS, which then
+    is faster. Sums in a different order, and with FMA: the paths agree up to float rounding."""
 
     takes_params = True
 
@@ -75,13 +76,13 @@ class _Convolution(Op):
         oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         g = self.groups
         weight, add_bias = self.weight, self.bias is not None
-        if (kh, kw, ph, pw, sh, sw) == (1, 1, 0, 0, 1, 1):
-            cols = x.reshape(n, g, c // g, oh * ow)
-        elif xnor.has_direct_float_conv():
+        if xnor.has_direct_float_conv():
             target = out if out is not None and planes_contiguous(out) else np.empty((n, self.filters, oh, ow), F32)
             xnor.float_conv2d(np.ascontiguousarray(x), self.weight_t, self.bias, target, self.kernel, self.stride,
                               self.pad, self.dilate, self.threads)
             return target if out is None or target is out else into(target, out)
+        if (kh, kw, ph, pw, sh, sw) == (1, 1, 0, 0, 1, 1):
+            cols = x.reshape(n, g, c // g, oh * ow)
         else:
             padded = zero_padded(self.scratch("pad", (n, c, h + 2 * ph, w + 2 * pw)), x, ph, pw) if ph or pw else x
             s = padded.strides
@@ -301,7 +302,8 @@ def zero_padded(buffer, x, ph, pw):
 
 
 class _FullyConnected(Op):
-    """x W^T + b over the flattened input (flatten, the default) or over its last axis."""
+    """x W^T + b over the flattened input (flatten, the default) or over its last axis: floatops.h's
+    1x1 convolution where its AVX2 / AVX-512 variants run, else BLAS (they agree up to rounding)."""
 
     takes_params = True
 
@@ -316,6 +318,7 @@ class _FullyConnected(Op):
             node.fail(f"weight shape {params[0].shape} does not fit num_hidden={hidden}")
         self.weight_t = np.ascontiguousarray(params[0].T, dtype=F32)
         self.bias = None if no_bias else params[1].astype(F32).reshape(-1)
+        self.threads = runtime.threads
 
     def infer(self, shape):
         units = self.weight_t.shape[0]
@@ -326,7 +329,16 @@ class _FullyConnected(Op):
 
     def run(self, x, out=None):
         x2 = x.reshape(x.shape[0], -1) if self.flatten else x
-        out = np.matmul(x2, self.weight_t, out=out)
+        if xnor.has_direct_float_conv() and out is not None and out.flags.c_contiguous:
+            # floatops.h's 1x1 convolution on the model's threads (not BLAS's, see _Convolution), with
+            # the roles turned: the image is W^T (channel c = row c, its pixels the output units), the
+            # filters are the rows of x, and output plane n = row n of out
+            rows, units = x2.size // self.weight_t.shape[0], self.weight_t.shape[1]
+            xnor.float_conv2d(self.weight_t.reshape(1, -1, 1, units),
+                              np.ascontiguousarray(x2.reshape(rows, -1).T)[None], None,
+                              out.reshape(1, rows, 1, units), (1, 1), (1, 1), (0, 0), (1, 1), self.threads)
+        else:
+            out = np.matmul(x2, self.weight_t, out=out)
         if self.bias is not None:
             out += self.bias
         return out
