@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_json_report_is_consistent():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_model.py"), "--model",
                           "binary_densenet28", "--size", "32", "--batch", "1,2", "--rounds", "1", "--json"],
@@ -24,6 +27,7 @@ def test_json_report_is_consistent():
     assert abs(r["amdahl_limit"] - (r["binary_macs"] + r["float_macs"]) / r["float_macs"]) < 1e-9
 
 
+@pytest.mark.slow
 def test_profile_and_thread_comparison():
     bench = os.path.join(ROOT, "benchmarks", "bench_model.py")
     common = ["--model", "binary_densenet28", "--size", "32", "--batch", "1", "--rounds", "2", "--threads", "1", "2"]
@@ -47,6 +51,7 @@ def test_profile_and_thread_comparison():
     assert min(r["runtime_threads"]["1"].values()) > 0
 
 
+@pytest.mark.slow
 def test_int8_variant_profile_shows_the_int8_layers():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_model.py"), "--model",
                           "binary_densenet28", "--size", "32", "--batch", "1", "--rounds", "1", "--threads", "1", "2",

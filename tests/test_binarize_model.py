@@ -99,6 +99,7 @@ def test_prefix_directory_with_verify(run_dir, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_gluon_parameter_file(tmp_path):
     net = tiny_net(seed=1)
     params_file = tmp_path / "net.params"

@@ -153,6 +153,7 @@ def train_argv(toy, out, *options):
 
 # ----------------------------------------------------------------------------- training on the parameter server
 
+@pytest.mark.slow
 def test_two_workers_train_like_one_process_on_the_combined_batches(tmp_path, toy):
     out = tmp_path / "run"
     with launched(tmp_path, train_argv(toy, out)) as job:
@@ -173,6 +174,7 @@ def test_two_workers_train_like_one_process_on_the_combined_batches(tmp_path, to
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_a_crashed_worker_fails_the_job_and_the_run_resumes(tmp_path, toy):
     out = tmp_path / "run"
     # Rank 1 raises in the 2nd step of epoch 2, after rank 0 checkpointed epoch 1.
@@ -193,6 +195,7 @@ def test_a_crashed_worker_fails_the_job_and_the_run_resumes(tmp_path, toy):
     assert_matches_reference(rank0, toy)
 
 
+@pytest.mark.slow
 def test_train_imagenet_with_dist_async(tmp_path, toy):
     """The CLI end to end on dist_async: RAdam runs on the server, rank 0 writes, no optimizer
     state in the checkpoint (it lives on the server)."""
@@ -225,6 +228,7 @@ def test_train_imagenet_with_dist_async(tmp_path, toy):
 
 # ----------------------------------------------------------------------------- failures, signals, orphans
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_job_with_a_clear_message_and_no_orphans(tmp_path):
     with launched(tmp_path, ["-n", "2", "-s", "1", "--grace", "5"] + WORKER + ["loop"]) as job:
         ready = job.wait_for_marks("ready-", 2)

@@ -228,6 +228,7 @@ def test_cli_unknown_model_fails_clearly():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_all_reproduces_the_published_table():
     result = run_cli("--all")
     assert result.returncode == 0, result.stdout + result.stderr
