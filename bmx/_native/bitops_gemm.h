@@ -55,8 +55,7 @@ static inline __attribute__((always_inline)) void bmx_mk_portable_body(
   uint64_t acc[BMX_MR_PORTABLE][BMX_COLS_PORTABLE] = {{0}};
   size_t s = 0;
   do {
-    const uint64_t* a[BMX_MR_PORTABLE];
-    for (int r = 0; r < mr; ++r) a[r] = rows[s * BMX_TABLE_MR + r];
+    const uint64_t* const* a = rows + s * BMX_TABLE_MR;
     size_t w = 0;
     do {
       for (int r = 0; r < mr; ++r) {
@@ -116,12 +115,9 @@ static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_mk_avx2_bo
     wide[r][0] = wide[r][1] = zero;
   }
   int pending = 0;
-  size_t s = 0;
-  do {
-    const uint64_t* a[BMX_MR_AVX2];
-    for (int r = 0; r < mr; ++r) a[r] = rows[s * BMX_TABLE_MR + r];
-    size_t w = 0;
-    do {
+  for (size_t s = 0; s < nseg; ++s) {
+    const uint64_t* const* a = rows + s * BMX_TABLE_MR;
+    for (size_t w = 0; w < seglen; ++w, bp += BMX_PANEL) {
       __m256i b0 = _mm256_loadu_si256((const __m256i*)bp);
       __m256i b1 = _mm256_loadu_si256((const __m256i*)(bp + 4));
       for (int r = 0; r < mr; ++r) {
@@ -139,9 +135,8 @@ static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_mk_avx2_bo
         }
         pending = 0;
       }
-      bp += BMX_PANEL;
-    } while (++w < seglen);
-  } while (++s < nseg);
+    }
+  }
   for (int r = 0; r < mr; ++r) {
     int64_t counts[BMX_COLS_AVX2];
     _mm256_storeu_si256((__m256i*)counts,
@@ -182,8 +177,7 @@ static inline __attribute__((always_inline)) BMX_AVX512_TARGET void bmx_mk_avx51
     acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_si512();
   size_t s = 0;
   do {
-    const uint64_t* a[BMX_MR_AVX512];
-    for (int r = 0; r < mr; ++r) a[r] = rows[s * BMX_TABLE_MR + r];
+    const uint64_t* const* a = rows + s * BMX_TABLE_MR;
     size_t w = 0;
     do {
       __m512i b0 = _mm512_loadu_si512((const void*)bp);

@@ -65,8 +65,7 @@ static inline __attribute__((always_inline)) void bmx_mk_neon_body(
   for (int r = 0; r < mr; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = vdupq_n_u16(0);
   size_t s = 0;
   do {
-    const uint64_t* a[BMX_MR_NEON];
-    for (int r = 0; r < mr; ++r) a[r] = rows[s * BMX_TABLE_MR + r];
+    const uint64_t* const* a = rows + s * BMX_TABLE_MR;
     size_t w = 0;
     do {
       const uint8x16_t b0 = vld1q_u8((const uint8_t*)bp);
@@ -219,14 +218,7 @@ static inline __attribute__((always_inline)) void bmx_pack_pixels_neon_body(
   bmx_pack_pixels_portable(src, channels, hw, p, p0 + count - p, a, dst, dst_stride);
 }
 
-static inline void bmx_pack_pixels_neon(const float* src, size_t channels, size_t hw, size_t p0,
-                                        size_t count, const bmx_affine* a, uint64_t* dst,
-                                        size_t dst_stride) {
-  if (a != NULL)
-    bmx_pack_pixels_neon_body(1, src, channels, hw, p0, count, a, dst, dst_stride);
-  else
-    bmx_pack_pixels_neon_body(0, src, channels, hw, p0, count, a, dst, dst_stride);
-}
+BMX_PACK_PIXELS_VARIANT(bmx_pack_pixels_neon, bmx_pack_pixels_neon_body, )
 
 /* ------------------------------------------------------------------------- */
 /* Float NCHW output                                                          */

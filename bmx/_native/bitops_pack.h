@@ -72,19 +72,23 @@ static inline BMX_AVX2_TARGET void bmx_threshold_pack_avx2(const int32_t* y, siz
   }
 }
 
+/* The lanes of a 16-lane masked load at `start` that lie below `n`. */
+static inline __mmask16 bmx_live_lanes16(size_t start, size_t n) {
+  const size_t live = start >= n ? 0 : n - start >= 16 ? 16 : n - start;
+  return (__mmask16)((1u << live) - 1);
+}
+
 static inline BMX_AVX512_TARGET void bmx_threshold_pack_avx512(const int32_t* y, size_t rows,
                                                                size_t n, const int32_t* lo,
                                                                const uint64_t* flip,
                                                                uint64_t* out, size_t ldo) {
   for (size_t r = 0; r < rows; ++r, y += n, out += ldo) {
-    for (size_t w = 0; 64 * w < n; ++w) {
+    for (size_t w = 0, o = 0; o < n; ++w, o += 64) {
       uint64_t word = 0;
       for (int q = 0; q < 4; ++q) {
-        size_t o = 64 * w + 16 * q;
-        size_t live = o >= n ? 0 : n - o >= 16 ? 16 : n - o;
-        __mmask16 keep = (__mmask16)((1u << live) - 1);
-        __m512i v = _mm512_maskz_loadu_epi32(keep, y + o);
-        __m512i t = _mm512_maskz_loadu_epi32(keep, lo + o);
+        const __mmask16 keep = bmx_live_lanes16(o + 16 * q, n);
+        __m512i v = _mm512_maskz_loadu_epi32(keep, y + o + 16 * q);
+        __m512i t = _mm512_maskz_loadu_epi32(keep, lo + o + 16 * q);
         word |= (uint64_t)_mm512_mask_cmpge_epi32_mask(keep, v, t) << (16 * q);
       }
       out[w] = word ^ flip[w];
@@ -233,6 +237,20 @@ static inline void bmx_pack_pixels_portable(const float* src, size_t channels, s
   }
 }
 
+/*
+ * A pixel packer of one instruction set: `body` (always inlined) with `affine` a constant 1 or 0,
+ * so that the plain sign keeps its plain loop.
+ */
+#define BMX_PACK_PIXELS_VARIANT(name, body, target)                                          \
+  static inline target void name(const float* src, size_t channels, size_t hw, size_t p0,    \
+                                 size_t count, const bmx_affine* a, uint64_t* dst,            \
+                                 size_t dst_stride) {                                         \
+    if (a != NULL)                                                                            \
+      body(1, src, channels, hw, p0, count, a, dst, dst_stride);                              \
+    else                                                                                      \
+      body(0, src, channels, hw, p0, count, a, dst, dst_stride);                              \
+  }
+
 #ifdef BMX_X86
 static inline BMX_AVX2_TARGET void bmx_pack_row_avx2(const float* src, size_t n, uint64_t* dst) {
   const __m256 zero = _mm256_setzero_ps();
@@ -254,10 +272,9 @@ static inline BMX_AVX512_TARGET void bmx_pack_row_avx512(const float* src, size_
   for (size_t w = 0; 64 * w < n; ++w) {
     uint64_t word = 0;
     for (int q = 0; q < 4; ++q) {
-      size_t lo = 64 * w + 16 * q;
-      size_t live = lo >= n ? 0 : n - lo >= 16 ? 16 : n - lo;
+      const size_t lo = 64 * w + 16 * q;
       /* masked-off lanes neither fault nor set bits, so the tail word needs no scalar code */
-      __mmask16 keep = (__mmask16)((1u << live) - 1);
+      const __mmask16 keep = bmx_live_lanes16(lo, n);
       __m512 v = _mm512_maskz_loadu_ps(keep, src + lo);
       word |= (uint64_t)_mm512_mask_cmp_ps_mask(keep, v, zero, _CMP_GE_OQ) << (16 * q);
     }
@@ -268,8 +285,7 @@ static inline BMX_AVX512_TARGET void bmx_pack_row_avx512(const float* src, size_
 /*
  * NCHW packs along C with channel stride hw: walk 8 (AVX2) or 16 (AVX-512)
  * neighbouring pixels together so that every load is contiguous, and OR each
- * channel's compare result into the pixels' words as bit c. The bodies take
- * `affine` as a constant so that the plain sign keeps its plain loop.
+ * channel's compare result into the pixels' words as bit c.
  */
 static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_pack_pixels_avx2_body(
     const int affine, const float* src, size_t channels, size_t hw, size_t p0, size_t count,
@@ -303,15 +319,7 @@ static inline __attribute__((always_inline)) BMX_AVX2_TARGET void bmx_pack_pixel
   bmx_pack_pixels_portable(src, channels, hw, p, p0 + count - p, a, dst, dst_stride);
 }
 
-static inline BMX_AVX2_TARGET void bmx_pack_pixels_avx2(const float* src, size_t channels,
-                                                        size_t hw, size_t p0, size_t count,
-                                                        const bmx_affine* a, uint64_t* dst,
-                                                        size_t dst_stride) {
-  if (a != NULL)
-    bmx_pack_pixels_avx2_body(1, src, channels, hw, p0, count, a, dst, dst_stride);
-  else
-    bmx_pack_pixels_avx2_body(0, src, channels, hw, p0, count, a, dst, dst_stride);
-}
+BMX_PACK_PIXELS_VARIANT(bmx_pack_pixels_avx2, bmx_pack_pixels_avx2_body, BMX_AVX2_TARGET)
 
 static inline __attribute__((always_inline)) BMX_AVX512_TARGET void bmx_pack_pixels_avx512_body(
     const int affine, const float* src, size_t channels, size_t hw, size_t p0, size_t count,
@@ -324,10 +332,7 @@ static inline __attribute__((always_inline)) BMX_AVX512_TARGET void bmx_pack_pix
   for (size_t p = p0; p < p0 + count; p += 64) {
     const size_t live = p0 + count - p < 64 ? p0 + count - p : 64;
     __mmask16 keep[4];
-    for (int q = 0; q < 4; ++q) {
-      size_t lanes = live <= 16 * (size_t)q ? 0 : live - 16 * q >= 16 ? 16 : live - 16 * q;
-      keep[q] = (__mmask16)((1u << lanes) - 1);
-    }
+    for (int q = 0; q < 4; ++q) keep[q] = bmx_live_lanes16(16 * (size_t)q, live);
     for (size_t w = 0; w < words; ++w) {
       uint32_t half[2][64];
       for (int h = 0; h < 2; ++h) {
@@ -358,20 +363,13 @@ static inline __attribute__((always_inline)) BMX_AVX512_TARGET void bmx_pack_pix
   }
 }
 
-static inline BMX_AVX512_TARGET void bmx_pack_pixels_avx512(const float* src, size_t channels,
-                                                            size_t hw, size_t p0, size_t count,
-                                                            const bmx_affine* a, uint64_t* dst,
-                                                            size_t dst_stride) {
-  if (a != NULL)
-    bmx_pack_pixels_avx512_body(1, src, channels, hw, p0, count, a, dst, dst_stride);
-  else
-    bmx_pack_pixels_avx512_body(0, src, channels, hw, p0, count, a, dst, dst_stride);
-}
+BMX_PACK_PIXELS_VARIANT(bmx_pack_pixels_avx512, bmx_pack_pixels_avx512_body, BMX_AVX512_TARGET)
 #endif
 
 #include "bitops_neon.h"
 
 #undef BMX_STORE_BY_IMAGE
+#undef BMX_PACK_PIXELS_VARIANT
 
 typedef void (*bmx_pack_row_fn)(const float* src, size_t n, uint64_t* dst);
 typedef void (*bmx_pack_pixels_fn)(const float* src, size_t channels, size_t hw, size_t p0,
