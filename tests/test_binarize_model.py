@@ -198,6 +198,7 @@ def _start_and_wait_for_scratch(run_dir, tmp_path):
     pytest.fail(f"no scratch directory appeared: {proc.communicate()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminated_conversion_leaves_no_temporary_files(sig, run_dir, tmp_path):
     directory, _ = run_dir
@@ -208,6 +209,7 @@ def test_a_terminated_conversion_leaves_no_temporary_files(sig, run_dir, tmp_pat
     assert not os.path.exists(out.parent)  # the scratch directory and the parent the run created
 
 
+@pytest.mark.slow
 def test_the_run_after_a_kill_cleans_up_and_says_so(run_dir, tmp_path, capsys):
     directory, _ = run_dir
     proc, out = _start_and_wait_for_scratch(directory, tmp_path)
@@ -303,6 +305,7 @@ def test_bad_arguments(args, message, tmp_path, capsys, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_subprocess_error_exit_code(tmp_path):
     result = run_tool(tmp_path / "missing", "--output", tmp_path / "out")
     assert result.returncode == 2 and result.stdout == ""

@@ -24,7 +24,7 @@ from conftest import pad_nchw, ref_conv2d, ref_dorefa, ref_sign
 F32 = np.float32
 SMALL = dict(stem="cifar", classes=10)  # 32x32 inputs
 # The heaviest zoo models at 32x32 are marked slow; every family keeps a default-speed member.
-SLOW_AT_32 = {"meliusnet42", "meliusnet59"}
+SLOW_AT_32 = {"meliusnet42", "meliusnet59", "binary_resnet_e34", "binary_densenet45"}
 
 
 def randomize(net, seed=0):

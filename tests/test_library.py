@@ -126,10 +126,12 @@ def _op_threads_in_subprocess(omp_num_threads):
     return int(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_native_ops_use_every_usable_core_by_default():
     # MXNet lowers the OpenMP default of its engine threads to 1; the ops must not inherit that.
     assert _op_threads_in_subprocess(None) == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow
 def test_native_ops_honour_omp_num_threads():
     assert _op_threads_in_subprocess("3") == 3

@@ -221,6 +221,7 @@ def test_cli_json(capsys):
     assert grouped["ops"] == pytest.approx(2.20e8, rel=0.01)
 
 
+@pytest.mark.slow
 def test_cli_unknown_model_fails_clearly():
     result = run_cli("--model", "binary_densenet_28")
     assert result.returncode != 0
