@@ -12,7 +12,7 @@ The kernels are bmx.xnor's ``quantize_int8``, ``int8_conv2d`` and ``int8_dense``
 """
 import numpy as np
 
-from ...xnor import int8_conv2d, int8_dense, quantize_int8
+from ...xnor import int8_conv2d, int8_dense, pack_int8_weights, quantize_int8
 from ..graph import F32, REQUIRED, product
 from .elementwise import Op, into
 from .layers import _Convolution, read_window
@@ -37,6 +37,9 @@ def _scales(op, node, params, outputs, weight_ndim):
     if input_scale.dtype != F32 or input_scale.size != 1 or not input_scale.reshape(-1)[0] > 0:
         node.fail(f"input_scale must be one positive float32, got {input_scale.dtype} {input_scale.shape}")
     op.weight = np.ascontiguousarray(weight)
+    # laid out for the kernels on first use and kept: re-laying 1 MB of classifier weights on every
+    # call cost more than the products at batch 1
+    op.prepared = pack_int8_weights(op.weight)
     op.input_scale = F32(input_scale.reshape(-1)[0])
     op.out_scale = (op.input_scale * weight_scale).astype(F32)
     if no_bias:
@@ -70,7 +73,7 @@ class _Int8Conv(_Convolution):
 
     def run(self, x, out=None):
         xq = quantize_int8(np.ascontiguousarray(x), self.input_scale, threads=self.threads)
-        y = int8_conv2d(xq, self.weight, stride=self.stride, padding=self.pad, dilation=self.dilate,
+        y = int8_conv2d(xq, self.prepared, stride=self.stride, padding=self.pad, dilation=self.dilate,
                         groups=self.groups, out_scale=self.out_scale, bias=self.bias, threads=self.threads)
         return into(y, out)
 
@@ -94,5 +97,5 @@ class _Int8Dense(Op):
 
     def run(self, x, out=None):
         xq = quantize_int8(np.ascontiguousarray(x).reshape(x.shape[0], -1), self.input_scale, threads=self.threads)
-        y = int8_dense(xq, self.weight, out_scale=self.out_scale, bias=self.bias, threads=self.threads)
+        y = int8_dense(xq, self.prepared, out_scale=self.out_scale, bias=self.bias, threads=self.threads)
         return into(y, out)
