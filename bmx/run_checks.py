@@ -13,8 +13,8 @@ import os
 
 from . import packed
 
-__all__ = ["RunCheckError", "DivergedError", "check_recipe_numbers", "check_output_dir", "data_identity",
-           "check_same_data", "check_loss", "checkpoint_error"]
+__all__ = ["RunCheckError", "DivergedError", "is_finite_number", "check_recipe_numbers", "check_checkpoint_minutes",
+           "check_output_dir", "data_identity", "check_same_data", "check_loss", "checkpoint_error"]
 
 
 class RunCheckError(ValueError):
@@ -25,7 +25,8 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def _finite(value):
+def is_finite_number(value):
+    """True for an int or float (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -39,10 +40,17 @@ def check_recipe_numbers(recipe):
         rules.append(("beta1", "--beta1", lambda v: 0 <= v < 1, "a finite number in [0, 1)"))
     for name, flag, ok, what in rules:
         value = getattr(recipe, name)
-        if not _finite(value) or not ok(value):
+        if not is_finite_number(value) or not ok(value):
             raise RunCheckError(f"{name} ({flag}) must be {what}, got {value!r}")
-    if not all(_finite(v) for v in recipe.lr_steps):
+    if not all(is_finite_number(v) for v in recipe.lr_steps):
         raise RunCheckError(f"lr_steps (--lr-steps) must be finite epochs, got {recipe.lr_steps}")
+
+
+def check_checkpoint_minutes(value):
+    """Returns ``value`` as a float if it is a positive finite number of minutes (--checkpoint-minutes)."""
+    if not is_finite_number(value) or value <= 0:
+        raise RunCheckError(f"checkpoint_minutes (--checkpoint-minutes) must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 def check_output_dir(output_dir, state_file, resume):
@@ -76,11 +84,15 @@ def check_same_data(saved, now, output_dir):
             "data: resume with the run's --data-dir")
 
 
-def check_loss(loss_sum, epoch, step, steps, output_dir, checkpoint):
-    """Raises DivergedError if the running loss sum of the epoch is not finite."""
+def check_loss(loss_sum, epoch, step, steps, output_dir, checkpoint, checkpoint_step=None):
+    """Raises DivergedError if the running loss sum of the epoch is not finite.
+
+    ``checkpoint``: the last checkpoint's file, taken after epoch ``epoch - 1`` (and
+    ``checkpoint_step`` steps of epoch ``epoch``, if given), or None."""
     if math.isfinite(loss_sum):
         return
-    kept = (f"the last good checkpoint, {checkpoint} (after epoch {epoch - 1}), is kept" if checkpoint else
+    where = f"at step {checkpoint_step} of epoch {epoch}" if checkpoint_step else f"after epoch {epoch - 1}"
+    kept = (f"the last good checkpoint, {checkpoint} ({where}), is kept" if checkpoint else
             "no epoch had finished, so there is no checkpoint")
     raise DivergedError(f"the training loss became {loss_sum} at epoch {epoch}, step {step} of {steps}: training "
                         f"stopped and nothing was exported; in {output_dir} {kept}. Lower --lr or check the data")

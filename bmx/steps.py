@@ -67,6 +67,23 @@ class Scores:
         if self.topk is not None:
             self.topk.update(labels, outputs)
 
+    def state(self):
+        """The running sums as a JSON-ready dict (a mid-epoch checkpoint keeps them)."""
+        return {name: [float(metric.sum_metric), int(metric.num_inst), float(metric.global_sum_metric),
+                       int(metric.global_num_inst)]
+                for name, metric in self._metrics()}
+
+    def restore(self, state):
+        """Continues from :meth:`state`'s sums; ``state`` must come from Scores with the same classes."""
+        if not isinstance(state, dict) or set(state) != {name for name, _ in self._metrics()}:
+            raise ValueError(f"running scores {state!r} do not fit these scores")
+        for name, metric in self._metrics():
+            metric.sum_metric, metric.num_inst, metric.global_sum_metric, metric.global_num_inst = state[name]
+
+    def _metrics(self):
+        return [(name, metric) for name, metric in (("loss", self.loss), ("top1", self.top1), ("topk", self.topk))
+                if metric is not None]
+
     def get(self):
         top1 = self.top1.get()[1]
         return {"loss": self.loss.get()[1], "top1": top1, "top5": self.topk.get()[1] if self.topk else top1,

@@ -19,7 +19,11 @@ epochs, batch size, weight decay); :class:`Run` trains a Gluon net on a
 Resuming (``resume=True``) continues exactly where the last checkpoint left off: every epoch
 reseeds Python's, numpy's and MXNet's generators from ``(seed, epoch)`` and the Gluon data
 pipelines derive order and augmentation from the same pair, so "train 2 epochs, stop, resume for
-the 3rd" gives the parameters of "train 3 epochs".
+the 3rd" gives the parameters of "train 3 epochs". With ``checkpoint_minutes`` a checkpoint is
+also written inside an epoch (``checkpoint-EEEE-stepSSSSSS.*``: after epoch EEEE and SSSSSS
+steps of the next, with the epoch's running training scores in ``state.json``); a resume from it
+replays the epoch's data order up to that step without training on it, so it too ends where an
+unbroken run ends. Only the checkpoint ``state.json`` names is kept.
 
 Distributed training (MXNet's parameter server, kvstore ``dist_sync``, ``dist_device_sync`` or
 ``dist_async``; processes started by ``tools/launch.py``, see docs/distributed.md): every worker
@@ -41,6 +45,7 @@ part_index=kv.rank`` of :mod:`bmx.data`).
 """
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -318,17 +323,25 @@ class Run:
         distillation: a :class:`bmx.distillation.Distillation` to learn from a teacher too (the
             loss becomes :class:`bmx.distillation.DistillationLoss`; the teacher runs in
             ``recipe.dtype``). Part of the config, so a resume needs the same teacher.
+        checkpoint_minutes: also checkpoint inside an epoch once this many minutes have passed
+            since the last checkpoint (a positive finite number; None: at the end of each epoch
+            only). Not part of the config: a resume may change it.
 
     Attributes:
         rank, num_workers: this worker and the size of a distributed job (0 and 1 otherwise).
+        epoch: epochs finished.
+        checkpoint_step: steps into epoch ``epoch + 1`` at which the last checkpoint was taken (None:
+            it ended epoch ``epoch``, or there is none yet).
         forward: the block that computes ``net``'s forward pass in ``recipe.dtype``
             (:func:`bmx.precision.training_block`; ``net`` itself in float32). Checkpoints and
             export always use ``net``, whose parameters are float32.
     """
 
     def __init__(self, net, data, recipe, output_dir, config=None, ctx=None, kvstore="local", resume=False,
-                 init="he", progress=True, distillation=None):
+                 init="he", progress=True, distillation=None, checkpoint_minutes=None):
         self.net, self.data, self.recipe = net, data, recipe
+        self.checkpoint_seconds = None if checkpoint_minutes is None else 60 * run_checks.check_checkpoint_minutes(
+            checkpoint_minutes)
         self.out = output_dir
         self.kvstore = create_kvstore(kvstore) if isinstance(kvstore, str) else kvstore
         kind, self.rank, self.num_workers = topology(self.kvstore)
@@ -359,6 +372,9 @@ class Run:
                          teacher=teacher, loss_fn=loss_fn)
         self._handler = None
         self.history, self.best, self.epoch = [], None, 0
+        # the current checkpoint's two files and its step in the next epoch (None: at the epoch's end);
+        # after a resume from inside an epoch, where that epoch continues
+        self._current, self.checkpoint_step, self._partial = None, None, None
         if self.writer:
             try:
                 os.makedirs(output_dir, exist_ok=True)
@@ -406,7 +422,10 @@ class Run:
 
     def _restore(self, saved):
         self.epoch, self.history, self.best = saved["epoch"], saved["history"], saved.get("best")
+        self._partial = self._read_partial(saved.get("partial"))
         if saved.get("params"):
+            self._current = saved["params"], saved.get("states")
+            self.checkpoint_step = self._partial["step"] if self._partial else None
             path = os.path.join(self.out, saved["params"])
             try:
                 self.net.load_parameters(path, ctx=self.ctx)
@@ -416,17 +435,35 @@ class Run:
                 # No saved state (it lived on the servers): restart the moments, but continue the
                 # schedule, which counts the servers' updates. The optimizer is sent to the
                 # servers at the first step, with these counts.
-                updates = self.epoch * len(self.data.train) * self.num_workers
+                steps = self._partial["step"] if self._partial else 0
+                updates = (self.epoch * len(self.data.train) + steps) * self.num_workers
                 self.trainer.optimizer.begin_num_update = self.trainer.optimizer.num_update = updates
             else:
                 optimizer_state.load_states(self.trainer, os.path.join(self.out, saved["states"]))
         if self.writer:
-            log.info("resumed %s after epoch %d of %d", self.out, self.epoch, self.recipe.epochs)
+            within = f" and step {self._partial['step']} of {len(self.data.train)}" if self._partial else ""
+            log.info("resumed %s after epoch %d of %d%s", self.out, self.epoch, self.recipe.epochs, within)
 
-    def _write_state(self, extra=None):
-        state = dict(epoch=self.epoch, params=self._files(self.epoch)[0] if self.epoch else None,
-                     states=self._files(self.epoch)[1] if self.epoch and not self.asynchronous else None,
-                     best=self.best,
+    def _read_partial(self, partial):
+        """The mid-epoch position a state.json records, checked (None: the checkpoint ends an epoch)."""
+        if partial is None:
+            return None
+        steps = len(self.data.train)
+        if not (isinstance(partial, dict) and isinstance(partial.get("step"), int) and 0 < partial["step"] < steps
+                and isinstance(partial.get("scores"), dict)
+                and all(run_checks.is_finite_number(partial.get(k)) for k in ("seconds", "teacher_seconds"))):
+            raise ResumeError(f"{self.state_path}: its mid-epoch position {partial!r} is not a step inside an "
+                              f"epoch of {steps} steps")
+        try:
+            Scores(self.data.classes).restore(partial["scores"])
+        except (ValueError, TypeError) as err:
+            raise ResumeError(f"{self.state_path}: {err}") from None
+        return partial
+
+    def _write_state(self, extra=None, partial=None):
+        params, states = self._current or (None, None)
+        state = dict(epoch=self.epoch, params=params, states=None if self.asynchronous else states,
+                     partial=partial, best=self.best,
                      seed=self.recipe.seed, epoch_seeds=[_derived_seed(self.recipe.seed, 1, e)
                                                          for e in range(self.epoch)],
                      config=self.config, history=self.history, data=run_checks.data_identity(self.data.info))
@@ -436,23 +473,23 @@ class Run:
             json.dump(state, f, indent=1)
         return state
 
-    @staticmethod
-    def _files(epoch):
-        return f"checkpoint-{epoch:04d}.params", f"checkpoint-{epoch:04d}.states"
-
-    def _checkpoint(self, improved):
-        params, states = (os.path.join(self.out, f) for f in self._files(self.epoch))
-        with atomic_path(params) as tmp:
+    def _checkpoint(self, improved=False, step=None, partial=None):
+        """Saves parameters and optimizer state after ``self.epoch`` epochs (and ``step`` steps of
+        the next), points state.json at them, then removes the previous checkpoint."""
+        name = f"checkpoint-{self.epoch:04d}" + ("" if step is None else f"-step{step:06d}")
+        files = name + ".params", name + ".states"
+        with atomic_path(os.path.join(self.out, files[0])) as tmp:
             self.net.save_parameters(tmp)
         if not self.asynchronous:
-            with atomic_path(states) as tmp:
+            with atomic_path(os.path.join(self.out, files[1])) as tmp:
                 optimizer_state.save_states(self.trainer, tmp)
         if improved:
             with atomic_path(os.path.join(self.out, "best.params")) as tmp:
                 self.net.save_parameters(tmp)
-        self._write_state()
-        for old in self._files(self.epoch - 1):
-            if os.path.exists(os.path.join(self.out, old)):
+        previous, self._current, self.checkpoint_step = self._current, files, step
+        self._write_state(partial=partial)
+        for old in previous or ():
+            if old not in files and os.path.exists(os.path.join(self.out, old)):
                 os.remove(os.path.join(self.out, old))
 
     # ------------------------------------------------------------------ training
@@ -477,13 +514,30 @@ class Run:
         _seed_everything(_derived_seed(self.recipe.seed, 1, epoch))
         split = self.data.train
         scores = Scores(self.data.classes)
-        start, teacher_before = time.perf_counter(), self.step.teacher_seconds
-        bar = tqdm(split.batches(epoch), total=len(split), desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
+        partial, self._partial = self._partial, None
+        done = partial["step"] if partial else 0
+        start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+        teacher_before = self.step.teacher_seconds - (partial["teacher_seconds"] if partial else 0.0)
+        batches = split.batches(epoch)
+        if partial:
+            scores.restore(partial["scores"])
+            # Drawn, not trained on: the data order and augmentation continue where the checkpoint was.
+            for _ in itertools.islice(batches, done):
+                pass
+        bar = tqdm(batches, total=len(split), initial=done, desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
                    unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
-        for step, (data, label) in enumerate(bar, 1):
+        saved_at = time.perf_counter()
+        for step, (data, label) in enumerate(bar, done + 1):
             scores.update(*self.step(data, label))
             run_checks.check_loss(scores.loss.sum_metric, epoch + 1, step, len(split), self.out,
-                                  self._files(epoch)[0] if epoch else None)
+                                  self._current[0] if self._current else None, self.checkpoint_step)
+            if (self.checkpoint_seconds is not None and self.writer and step < len(split)
+                    and time.perf_counter() - saved_at >= self.checkpoint_seconds):
+                self._checkpoint(step=step, partial=dict(
+                    step=step, scores=scores.state(), seconds=time.perf_counter() - start,
+                    teacher_seconds=self.step.teacher_seconds - teacher_before))
+                log.info("checkpoint in epoch %d after step %d of %d", epoch + 1, step, len(split))
+                saved_at = time.perf_counter()
             if bar.n % 10 == 0:
                 current = scores.get()
                 shown = dict(loss=f"{current['loss']:.3f}", top1=f"{current['top1']:.3f}")

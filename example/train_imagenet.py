@@ -18,7 +18,9 @@ at the end, the exported model (model-symbol.json, model-0000.params, model.json
 example/evaluate.py and tools/binarize_model.py read. --resume (with otherwise the same command)
 continues after the last completed epoch with the same schedule, optimizer state and data order;
 with the Gluon and in-memory readers (image folders, CIFAR-10, --loader gluon) the result is
-bit-identical to an uninterrupted run. CIFAR-10 is decoded once into memory and augmented a batch at a
+bit-identical to an uninterrupted run. tools/carry_run.py moves the last checkpoint to another machine
+in one file of half the size (float32 rounded to bfloat16: close to, not bit-identical with, an
+unbroken run). CIFAR-10 is decoded once into memory and augmented a batch at a
 time (--loader memory, the default for --dataset cifar10); --loader gluon reads it image by image.
 
 --dtype bfloat16 (CPUs with AVX-512 BF16, e.g. AMD Zen 4, Intel Sapphire Rapids) runs convolutions and
@@ -180,6 +182,9 @@ def build_parser():
                    "dist_device_sync / dist_async (parameter server; start the job with tools/launch.py)")
     g.add_argument("--output-dir", help="checkpoints, metrics, log and the exported model (required to train)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output-dir (same settings)")
+    g.add_argument("--checkpoint-minutes", type=float,
+                   help="also checkpoint inside an epoch every this many minutes (default: at epoch ends only); "
+                   "--resume continues from that step")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     return p
 
@@ -291,7 +296,7 @@ def main(argv=None):
     try:
         run = training.Run(net, data, recipe, args.output_dir, config=config, ctx=ctx, kvstore=kv,
                            resume=args.resume, init=args.initialization, progress=args.progress,
-                           distillation=distill)
+                           distillation=distill, checkpoint_minutes=args.checkpoint_minutes)
     except ValueError as err:  # ResumeError, or settings the run cannot use
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
@@ -301,9 +306,12 @@ def main(argv=None):
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        done = f"after epoch {run.epoch}" if run.epoch else "in epoch 1 (no epoch had finished)"
+        if run.checkpoint_step:
+            done = f"in epoch {run.epoch + 1} (last checkpoint at its step {run.checkpoint_step})"
+        else:
+            done = f"after epoch {run.epoch}" if run.epoch else "in epoch 1 (no epoch had finished)"
         print(f"\ninterrupted {done}; the same command plus --resume continues from the last checkpoint"
-              + ("" if run.epoch else " (that is, starts epoch 1 again)"), file=sys.stderr)
+              + ("" if run.epoch or run.checkpoint_step else " (that is, starts epoch 1 again)"), file=sys.stderr)
         return 130
     if rank != 0:
         return 0

@@ -16,8 +16,8 @@ DEPLOYMENT = ("bmx._atomic", "bmx.datafiles", "bmx.images", "bmx.packed", "bmx.q
               "bmx.symbol_json", "bmx.xnor")
 TRAINING = ("bmx._library", "bmx.config", "bmx.data", "bmx.devices", "bmx.distillation", "bmx.memory_data",
             "bmx.model_io", "bmx.models", "bmx.nn", "bmx.optimizer_state", "bmx.optimizers", "bmx.precision",
-            "bmx.quantizers", "bmx.recipes", "bmx.records", "bmx.run_checks", "bmx.steps", "bmx.summary",
-            "bmx.training")
+            "bmx.quantizers", "bmx.recipes", "bmx.records", "bmx.run_checks", "bmx.run_snapshot", "bmx.steps",
+            "bmx.summary", "bmx.training")
 MEETING = ("bmx.convert", "bmx.onnx_export")
 
 

@@ -68,6 +68,8 @@ def test_a_directory_that_is_not_a_run_is_refused_and_untouched(script, cifar, t
     ("--epochs", "0", "--epochs must be >= 1, got 0"),
     ("--val-size", "-1", "--val-size must be >= 0, got -1"),
     ("--clip-threshold", "nan", "clip_threshold must be >= 0 and finite, got nan"),
+    ("--checkpoint-minutes", "0", "checkpoint_minutes (--checkpoint-minutes) must be a finite number > 0, got 0.0"),
+    ("--checkpoint-minutes", "nan", "checkpoint_minutes (--checkpoint-minutes) must be a finite number > 0"),
 ])
 def test_bad_numbers_are_refused_before_anything_is_written(option, value, message, script, cifar, tmp_path, capsys):
     code, err = run(script, capsys, argv(cifar, tmp_path / "out", option, value))
@@ -171,6 +173,26 @@ def test_ctrl_c_in_the_first_epoch_then_resume(script, cifar, tmp_path, capsys, 
     out = tmp_path / "run"
     err = _unfinished(script, cifar, out, capsys, monkeypatch, 1)
     assert "interrupted in epoch 1 (no epoch had finished); the same command plus --resume continues" in err
+    code, _ = run(script, capsys, argv(cifar, out, "--epochs", "2", "--resume"))
+    assert code == 0 and json.load(open(out / "state.json"))["epoch"] == 2
+
+
+def test_ctrl_c_after_a_mid_epoch_checkpoint_says_where_it_resumes(script, cifar, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    real, calls = steps.Step.__call__, []
+
+    def interrupt(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(steps.Step, "__call__", interrupt)
+    code, err = run(script, capsys, argv(cifar, out, "--epochs", "2", "--checkpoint-minutes", "1e-9"))
+    monkeypatch.setattr(steps.Step, "__call__", real)
+    assert code == 130
+    assert "interrupted in epoch 1 (last checkpoint at its step 1); the same command plus --resume" in err, err
+    assert json.load(open(out / "state.json"))["partial"]["step"] == 1
     code, _ = run(script, capsys, argv(cifar, out, "--epochs", "2", "--resume"))
     assert code == 0 and json.load(open(out / "state.json"))["epoch"] == 2
 

@@ -133,13 +133,14 @@ def test_cifar_test_split_and_holdout_evaluation(tmp_path, train_script, evaluat
 
 # ----------------------------------------------------------------------------- resume
 
-def _tiny_run(directory, out, resume=False):
+def _tiny_run(directory, out, resume=False, **kwargs):
     bundle = data.cifar10(directory, 8, val_size=8, seed=3)
     net = training.build_model("binary_densenet28", 10, **TINY_KNOBS)
     # A stateful schedule (warmup, then steps) and RAdam's step counter must both survive the restart.
     recipe = training.Recipe(optimizer="radam", lr=0.02, lr_mode="step", lr_steps=(2,), lr_factor=0.5,
                              warmup_epochs=0.5, epochs=3, batch_size=8, seed=3)
-    return training.Run(net, bundle, recipe, out, config={"model": "tiny"}, resume=resume, progress=False)
+    return training.Run(net, bundle, recipe, out, config={"model": "tiny"}, resume=resume, progress=False,
+                        **kwargs)
 
 
 def _params(run):
@@ -181,6 +182,82 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path, monkeypatch):
     assert strip == [{k: v for k, v in row.items() if k not in volatile} for row in resumed.history]
     with open(os.path.join(out, "train.log")) as f:
         assert "resumed" in f.read()
+
+
+def _crash_at_call(monkeypatch, call):
+    """Makes the ``call``-th training step (counted over the whole run) raise KeyboardInterrupt."""
+    step, calls = training.Step.__call__, []
+
+    def crash(self, *args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(training.Step, "__call__", crash)
+    return lambda: monkeypatch.setattr(training.Step, "__call__", step)
+
+
+def test_resume_inside_an_epoch_equals_an_unbroken_run(tmp_path, monkeypatch):
+    directory = write_cifar(str(tmp_path / "data"), count=40)
+    unbroken = _tiny_run(directory, str(tmp_path / "a"))
+    unbroken.fit()
+    batches = len(data.cifar10(directory, 8, val_size=8).train)
+    assert batches == 4
+
+    out = str(tmp_path / "b")
+    undo = _crash_at_call(monkeypatch, batches + 3)  # epoch 2, step 3: checkpoints after every step until then
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(directory, out, checkpoint_minutes=1e-9).fit()
+    undo()
+    state = json.load(open(os.path.join(out, "state.json")))
+    assert state["epoch"] == 1 and state["partial"]["step"] == 2
+    assert state["params"] == "checkpoint-0001-step000002.params"
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint")) == [
+        "checkpoint-0001-step000002.params", "checkpoint-0001-step000002.states"]
+
+    resumed = _tiny_run(directory, out, resume=True)
+    assert (resumed.epoch, resumed.checkpoint_step) == (1, 2)
+    resumed.fit()
+    for a, b in zip(_params(unbroken), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert unbroken.trainer.learning_rate == resumed.trainer.learning_rate
+    volatile = ("images_per_s", "time_s")
+    strip = [{k: v for k, v in row.items() if k not in volatile} for row in unbroken.history]
+    # the epoch's training loss and accuracy continue from the running sums saved at step 2
+    assert strip == [{k: v for k, v in row.items() if k not in volatile} for row in resumed.history]
+    assert sorted(f for f in os.listdir(out) if f.startswith("checkpoint")) == [
+        "checkpoint-0003.params", "checkpoint-0003.states"]
+    with open(os.path.join(out, "train.log")) as f:
+        assert "resumed %s after epoch 1 of 3 and step 2 of 4" % out in f.read()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "5", True])
+def test_checkpoint_minutes_are_validated(value, tmp_path):
+    directory = write_cifar(str(tmp_path / "data"), count=16)
+    with pytest.raises(training.run_checks.RunCheckError,
+                       match=r"checkpoint_minutes \(--checkpoint-minutes\) must be a finite number > 0"):
+        _tiny_run(directory, str(tmp_path / "run"), checkpoint_minutes=value)
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("partial", [{"step": 4, "scores": {}, "seconds": 1.0, "teacher_seconds": 0.0},
+                                     {"step": 1, "scores": {"loss": [1.0, 8, 1.0, 8]}, "seconds": 1.0,
+                                      "teacher_seconds": 0.0},
+                                     {"step": 1, "scores": {}, "seconds": "x", "teacher_seconds": 0.0}, [1]])
+def test_a_damaged_mid_epoch_position_is_refused(partial, tmp_path, monkeypatch):
+    directory = write_cifar(str(tmp_path / "data"), count=40)
+    out = str(tmp_path / "run")
+    undo = _crash_at_call(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(directory, out, checkpoint_minutes=1e-9).fit()
+    undo()
+    path = os.path.join(out, "state.json")
+    state = json.load(open(path))
+    state["partial"] = partial
+    json.dump(state, open(path, "w"))
+    with pytest.raises(training.ResumeError, match="state.json: "):
+        _tiny_run(directory, out, resume=True)
 
 
 def test_resume_refuses_changed_settings(tmp_path, train_script, capsys):
