@@ -15,6 +15,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from .losses import DEFAULT_LABEL_SMOOTHING, check_label_smoothing, cross_entropy
 from .model_io import ModelFileError, imports
 
 __all__ = ["Distillation", "DistillationLoss", "Teacher", "load_teacher", "check_distillation", "DEFAULT_TEMPERATURE",
@@ -74,28 +75,33 @@ class DistillationLoss(gluon.loss.Loss):
         KL  = sum_c p_t[c] * (log p_t[c] - log p_s[c])
         loss = (1 - w) * CE(s, y) + w * T^2 * KL
 
+    where CE is to the labels smoothed by ``eps`` (:func:`bmx.losses.cross_entropy`; ``eps = 0``:
+    plain cross-entropy).
+
     The ``T^2`` keeps the KL term's gradient on the scale of the cross-entropy's as ``T`` grows.
     Backward (only into ``s``; the teacher is constant)::
 
-        dloss/ds = (1 - w) * (softmax(s) - onehot(y)) + w * T * (p_s - p_t)
+        dloss/ds = (1 - w) * (softmax(s) - q) + w * T * (p_s - p_t),  q = (1 - eps) onehot(y) + eps / K
 
     Args:
         temperature: ``T`` > 0.
         weight: ``w`` in [0, 1]; 0 is plain cross-entropy, 1 learns from the teacher only.
+        label_smoothing: ``eps`` in [0, 1) of the cross-entropy term.
 
     Call with ``(student_logits, teacher_logits, label)``, each with the batch first (logits of
     shape (N, classes), labels (N,)); returns the per-sample loss, shape (N,).
     """
 
-    def __init__(self, temperature=DEFAULT_TEMPERATURE, weight=DEFAULT_WEIGHT, **kwargs):
+    def __init__(self, temperature=DEFAULT_TEMPERATURE, weight=DEFAULT_WEIGHT,
+                 label_smoothing=DEFAULT_LABEL_SMOOTHING, **kwargs):
         super().__init__(weight=None, batch_axis=0, **kwargs)
         self.temperature, self.distill_weight = check_distillation(temperature, weight)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
 
     def hybrid_forward(self, F, student, teacher, label):
-        cross_entropy = -F.pick(F.log_softmax(student, axis=-1), label, axis=-1)
         kl = kl_divergence(F, student, teacher, self.temperature)
         scale = self.distill_weight * self.temperature ** 2
-        return (1.0 - self.distill_weight) * cross_entropy + scale * kl
+        return (1.0 - self.distill_weight) * cross_entropy(F, student, label, self.label_smoothing) + scale * kl
 
 
 def kl_divergence(F, student, teacher, temperature):

@@ -11,7 +11,7 @@
 import math
 import os
 
-from . import packed
+from . import losses, packed
 
 __all__ = ["RunCheckError", "DivergedError", "is_finite_number", "check_recipe_numbers", "check_checkpoint_minutes",
            "check_output_dir", "data_identity", "check_same_data", "check_loss", "checkpoint_error"]
@@ -44,6 +44,10 @@ def check_recipe_numbers(recipe):
             raise RunCheckError(f"{name} ({flag}) must be {what}, got {value!r}")
     if not all(is_finite_number(v) for v in recipe.lr_steps):
         raise RunCheckError(f"lr_steps (--lr-steps) must be finite epochs, got {recipe.lr_steps}")
+    try:
+        losses.check_label_smoothing(recipe.label_smoothing)
+    except ValueError as err:
+        raise RunCheckError(str(err)) from None
 
 
 def check_checkpoint_minutes(value):

@@ -6,7 +6,8 @@ epochs, batch size, weight decay); :class:`Run` trains a Gluon net on a
 
 * ``checkpoint-EEEE.params`` / ``checkpoint-EEEE.states``: parameters and trainer states (optimizer
   moments, update counts and the learning-rate scheduler, kept without pickle: bmx.optimizer_state)
-  after epoch EEEE; only the newest is kept.
+  after epoch EEEE (``checkpoint-EEEE-stepSSSSSS.*``: SSSSSS steps into the next epoch, with
+  ``checkpoint_minutes``); only the newest is kept.
 * ``state.json``: which checkpoint is current, completed epochs, best validation top-1, seeds,
   the run's configuration and every epoch's metrics. It is written after the files it points to,
   and every file is written to a temporary name and renamed, so an interrupted run always leaves
@@ -60,7 +61,7 @@ from mxnet.gluon import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import distillation, models, optimizer_state, precision, run_checks
+from . import distillation, losses, models, optimizer_state, precision, run_checks
 from . import optimizers  # noqa: F401  (registers 'radam')
 from ._atomic import atomic_path
 from .config import binary_layer_config
@@ -117,6 +118,9 @@ class Recipe:
             ``'float16'`` (GPU only: the net is cast, the optimizer keeps float32 master weights with
             ``multi_precision``); the exported model is float32 either way. See :mod:`bmx.precision`.
         seed: seed of initialization, data order and augmentation.
+        label_smoothing: ``eps`` in [0, 1): the cross-entropy's target is
+            ``(1 - eps) onehot + eps / classes`` (:class:`bmx.losses.SmoothedCrossEntropyLoss`);
+            0 is the plain cross-entropy.
     """
     optimizer: str = "radam"
     lr: float = 0.002
@@ -131,6 +135,7 @@ class Recipe:
     momentum: float = 0.9
     dtype: str = "float32"
     seed: int = 0
+    label_smoothing: float = losses.DEFAULT_LABEL_SMOOTHING
 
     def __post_init__(self):
         self.lr_steps = tuple(self.lr_steps)
@@ -248,13 +253,15 @@ def _make_trainer(net, recipe, steps_per_epoch, kvstore):
                          kvstore=kvstore, update_on_kvstore=True), 1
 
 
-def _teacher(settings, data, dtype, ctx):
-    """The teacher and loss of a :class:`bmx.distillation.Distillation` (None, None without one)."""
+def _teacher_and_loss(settings, data, recipe, ctx):
+    """The teacher (None without a :class:`bmx.distillation.Distillation`) and the loss of a step."""
     if settings is None:
-        return None, None
+        # gluon's own loss when nothing is smoothed: the same numbers as runs from before the option
+        smoothed = losses.SmoothedCrossEntropyLoss(recipe.label_smoothing) if recipe.label_smoothing else None
+        return None, smoothed
     teacher = distillation.load_teacher(settings.teacher, data.classes, data.preprocessing, settings.params, ctx)
-    teacher.net = precision.training_block(teacher.net, dtype)
-    return teacher, distillation.DistillationLoss(settings.temperature, settings.weight)
+    teacher.net = precision.training_block(teacher.net, recipe.dtype)
+    return teacher, distillation.DistillationLoss(settings.temperature, settings.weight, recipe.label_smoothing)
 
 
 def _prepare(net, recipe, ctx, init):
@@ -367,7 +374,7 @@ class Run:
                               "continue it, or choose another output directory")
         no_wd, self.forward = _prepare(net, recipe, self.ctx, init)
         self.trainer, scale = _make_trainer(net, recipe, len(data.train), self.kvstore)
-        teacher, loss_fn = _teacher(distillation, data, recipe.dtype, self.ctx)
+        teacher, loss_fn = _teacher_and_loss(distillation, data, recipe, self.ctx)
         self.step = Step(self.forward, self.trainer, self.ctx, precision.input_dtype(recipe.dtype), scale,
                          teacher=teacher, loss_fn=loss_fn)
         self._handler = None
@@ -413,9 +420,14 @@ class Run:
             raise ResumeError(f"{self.state_path}: not a bmx run state (no epoch and history)")
         run_checks.check_same_data(saved.get("data"), run_checks.data_identity(self.data.info), self.out)
         before, now = _flatten(saved.get("config", {})), _flatten(json.loads(json.dumps(self.config)))
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        # A recipe field added since the run started is absent from its state: it had the default.
+        added = _flatten(json.loads(json.dumps({"recipe": dataclasses.asdict(Recipe())})))
+        keys = set(before) | set(now)
+        before = {k: before.get(k, added.get(k)) for k in keys}
+        now = {k: now.get(k, added.get(k)) for k in keys}
+        changed = sorted(k for k in keys if before[k] != now[k])
         if changed:
-            detail = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            detail = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
             raise ResumeError(f"cannot resume {self.out} with different settings ({detail}); "
                               "resume with the run's original settings")
         return saved

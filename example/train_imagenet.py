@@ -60,7 +60,7 @@ import sys
 
 import bmx
 from bmx import data as bdata
-from bmx import distillation, precision, run_checks, training
+from bmx import distillation, losses, precision, run_checks, training
 from bmx.quantizer_math import check_clip_threshold
 from bmx.recipes import DEFAULT_RECIPE
 
@@ -163,6 +163,8 @@ def build_parser():
                    "weights, optimizer state and BatchNorm statistics; float16 (GPU only) casts the net and keeps "
                    "float32 master weights in the optimizer. The exported model is float32.")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--label-smoothing", type=float, default=losses.DEFAULT_LABEL_SMOOTHING,
+                   help="eps: cross-entropy to (1 - eps) onehot + eps / classes (default 0: none)")
 
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", help="learn from a teacher's softened outputs too: a model directory exported by "
@@ -275,7 +277,7 @@ def main(argv=None):
         recipe = training.Recipe(optimizer=args.optimizer, lr=args.lr, lr_mode=args.lr_mode, lr_steps=args.lr_steps,
                                  lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
                                  batch_size=batch, wd=args.wd, beta1=args.beta1, momentum=args.momentum,
-                                 dtype=args.dtype, seed=args.seed)
+                                 dtype=args.dtype, seed=args.seed, label_smoothing=args.label_smoothing)
         precision.check(recipe.dtype, ctx)  # before the data is read
         distill = distillation_settings(args, parser)
         data = None if benchmark else load_data(args, batch, workers, rank)

@@ -14,10 +14,10 @@ PACKAGE = os.path.join(ROOT, "bmx")
 # numpy and the compiled extension only (bmx.images adds OpenCV)
 DEPLOYMENT = ("bmx._atomic", "bmx.datafiles", "bmx.images", "bmx.packed", "bmx.quantizer_math", "bmx.runtime",
               "bmx.symbol_json", "bmx.xnor")
-TRAINING = ("bmx._library", "bmx.config", "bmx.data", "bmx.devices", "bmx.distillation", "bmx.memory_data",
-            "bmx.model_io", "bmx.models", "bmx.nn", "bmx.optimizer_state", "bmx.optimizers", "bmx.precision",
-            "bmx.quantizers", "bmx.recipes", "bmx.records", "bmx.run_checks", "bmx.run_snapshot", "bmx.steps",
-            "bmx.summary", "bmx.training")
+TRAINING = ("bmx._library", "bmx.config", "bmx.data", "bmx.devices", "bmx.distillation", "bmx.losses",
+            "bmx.memory_data", "bmx.model_io", "bmx.models", "bmx.nn", "bmx.optimizer_state", "bmx.optimizers",
+            "bmx.precision", "bmx.quantizers", "bmx.recipes", "bmx.records", "bmx.run_checks", "bmx.run_snapshot",
+            "bmx.steps", "bmx.summary", "bmx.training")
 MEETING = ("bmx.convert", "bmx.onnx_export")
 
 

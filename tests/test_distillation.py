@@ -20,20 +20,21 @@ def _log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def reference_loss(s, t, y, temperature, weight):
+def reference_loss(s, t, y, temperature, weight, smoothing=0.0):
     """The loss and its gradient into the student logits, in float64 numpy."""
     s, t = s.astype(np.float64), t.astype(np.float64)
-    ce = -_log_softmax(s)[np.arange(len(y)), y]
+    target = (1 - smoothing) * np.eye(s.shape[1])[y] + smoothing / s.shape[1]
+    ce = -(target * _log_softmax(s)).sum(axis=-1)
     log_pt, log_ps = _log_softmax(t / temperature), _log_softmax(s / temperature)
     kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=-1)
     loss = (1 - weight) * ce + weight * temperature ** 2 * kl
-    onehot = np.eye(s.shape[1])[y]
-    grad = (1 - weight) * (np.exp(_log_softmax(s)) - onehot) + weight * temperature * (np.exp(log_ps) - np.exp(log_pt))
+    grad = (1 - weight) * (np.exp(_log_softmax(s)) - target) + weight * temperature * (np.exp(log_ps) - np.exp(log_pt))
     return loss, grad
 
 
-@pytest.mark.parametrize("temperature,weight", [(1.0, 0.5), (4.0, 0.9), (2.5, 0.0), (8.0, 1.0)])
-def test_loss_and_gradient_match_numpy(temperature, weight):
+@pytest.mark.parametrize("temperature,weight,smoothing", [(1.0, 0.5, 0.0), (4.0, 0.9, 0.0), (2.5, 0.0, 0.0),
+                                                          (8.0, 1.0, 0.0), (4.0, 0.5, 0.1), (2.0, 0.0, 0.3)])
+def test_loss_and_gradient_match_numpy(temperature, weight, smoothing):
     rng = np.random.default_rng(3)
     s = rng.normal(scale=3, size=(6, 10)).astype(np.float32)
     t = rng.normal(scale=3, size=(6, 10)).astype(np.float32)
@@ -41,9 +42,9 @@ def test_loss_and_gradient_match_numpy(temperature, weight):
     student = mx.nd.array(s)
     student.attach_grad()
     with autograd.record():
-        loss = distillation.DistillationLoss(temperature, weight)(student, mx.nd.array(t), mx.nd.array(y))
+        loss = distillation.DistillationLoss(temperature, weight, smoothing)(student, mx.nd.array(t), mx.nd.array(y))
     loss.backward()
-    want_loss, want_grad = reference_loss(s, t, y, temperature, weight)
+    want_loss, want_grad = reference_loss(s, t, y, temperature, weight, smoothing)
     np.testing.assert_allclose(loss.asnumpy(), want_loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(student.grad.asnumpy(), want_grad, rtol=1e-4, atol=1e-5)
 

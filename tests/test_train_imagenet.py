@@ -68,6 +68,7 @@ def test_a_directory_that_is_not_a_run_is_refused_and_untouched(script, cifar, t
     ("--epochs", "0", "--epochs must be >= 1, got 0"),
     ("--val-size", "-1", "--val-size must be >= 0, got -1"),
     ("--clip-threshold", "nan", "clip_threshold must be >= 0 and finite, got nan"),
+    ("--label-smoothing", "1", "label_smoothing (--label-smoothing) must be a finite number in [0, 1), got 1.0"),
     ("--checkpoint-minutes", "0", "checkpoint_minutes (--checkpoint-minutes) must be a finite number > 0, got 0.0"),
     ("--checkpoint-minutes", "nan", "checkpoint_minutes (--checkpoint-minutes) must be a finite number > 0"),
 ])

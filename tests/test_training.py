@@ -14,7 +14,7 @@ import pytest
 from mxnet import gluon
 
 import bmx
-from bmx import convert, data, training
+from bmx import convert, data, losses, training
 from test_data import write_cifar, write_imagenet_folders, write_imagenet_recordio, write_recordio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,6 +258,37 @@ def test_a_damaged_mid_epoch_position_is_refused(partial, tmp_path, monkeypatch)
     json.dump(state, open(path, "w"))
     with pytest.raises(training.ResumeError, match="state.json: "):
         _tiny_run(directory, out, resume=True)
+
+
+def _smoothed_run(directory, out, smoothing, resume=False):
+    bundle = data.cifar10(directory, 8, val_size=8, seed=3)
+    net = training.build_model("binary_densenet28", 10, **TINY_KNOBS)
+    recipe = training.Recipe(optimizer="adam", lr=0.01, epochs=2, batch_size=8, seed=3, label_smoothing=smoothing)
+    return training.Run(net, bundle, recipe, out, config={"model": "tiny"}, resume=resume, progress=False)
+
+
+def test_label_smoothing_reaches_the_loss_and_older_runs_still_resume(tmp_path, monkeypatch):
+    directory = write_cifar(str(tmp_path / "data"), count=40)
+    smoothed = _smoothed_run(directory, str(tmp_path / "s"), 0.2)
+    assert isinstance(smoothed.step.loss_fn, losses.SmoothedCrossEntropyLoss) and smoothed.step.loss_fn.smoothing == 0.2
+    assert smoothed.config["recipe"]["label_smoothing"] == 0.2
+
+    out = str(tmp_path / "run")
+    undo = _crash_at_call(monkeypatch, 5)  # after epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        _smoothed_run(directory, out, 0.0).fit()
+    undo()
+    # a run started before the setting existed has no label_smoothing in its state: it had none
+    path = os.path.join(out, "state.json")
+    state = json.load(open(path))
+    del state["config"]["recipe"]["label_smoothing"]
+    json.dump(state, open(path, "w"))
+    with pytest.raises(training.ResumeError, match=r"recipe.label_smoothing: 0.0 -> 0.1"):
+        _smoothed_run(directory, out, 0.1, resume=True)
+    resumed = _smoothed_run(directory, out, 0.0, resume=True)
+    assert resumed.epoch == 1 and type(resumed.step.loss_fn) is gluon.loss.SoftmaxCrossEntropyLoss
+    resumed.fit()
+    assert resumed.epoch == 2
 
 
 def test_resume_refuses_changed_settings(tmp_path, train_script, capsys):
