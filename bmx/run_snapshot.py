@@ -22,7 +22,7 @@ import numpy as np
 from . import packed
 from ._atomic import atomic_path
 
-__all__ = ["SnapshotError", "save", "restore", "to_bfloat16", "from_bfloat16"]
+__all__ = ["SnapshotError", "save", "restore", "describe", "to_bfloat16", "from_bfloat16"]
 
 FORMAT = "bmx-run-snapshot"
 VERSION = 1
@@ -54,19 +54,30 @@ def _checkpoint_files(run_dir):
         raise SnapshotError(f"{path}: not found; RUN_DIR must be a run directory of train_imagenet.py") from None
     except ValueError as err:
         raise SnapshotError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or state["epoch"] < 1:
-        raise SnapshotError(f"{path}: the run has no finished epoch to carry")
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or state["epoch"] < 0:
+        raise SnapshotError(f"{path}: not a run state (no epoch count)")
+    if state.get("params") is None:
+        raise SnapshotError(f"{path}: the run has no checkpoint to carry yet (no epoch, and no --checkpoint-minutes "
+                            "interval, has finished)")
     names = [state.get("params"), state.get("states")]
     if not all(isinstance(n, str) and n and os.path.basename(n) == n for n in names):
         raise SnapshotError(f"{path}: names no checkpoint files (params {names[0]!r}, states {names[1]!r}); "
                             "runs with an asynchronous kvstore keep no optimizer state and cannot be carried")
-    return state["epoch"], names
+    partial = state.get("partial")
+    step = partial.get("step") if isinstance(partial, dict) else None
+    return describe(state["epoch"], step), names
+
+
+def describe(epoch, step):
+    """Where a checkpoint is in the run, in words."""
+    return f"after epoch {epoch}" + (f" and step {step} of epoch {epoch + 1}" if step else "")
 
 
 def save(run_dir, snapshot):
-    """Writes the run's current checkpoint and text files to ``snapshot`` (atomically); returns the epoch."""
-    epoch, checkpoint = _checkpoint_files(run_dir)
-    arrays, meta = {}, dict(format=FORMAT, version=VERSION, epoch=epoch, text=[], checkpoint={})
+    """Writes the run's current checkpoint and text files to ``snapshot`` (atomically); returns where
+    in the run the checkpoint is (:func:`describe`)."""
+    position, checkpoint = _checkpoint_files(run_dir)
+    arrays, meta = {}, dict(format=FORMAT, version=VERSION, position=position, text=[], checkpoint={})
     for name in TEXT_FILES:
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
@@ -91,7 +102,7 @@ def save(run_dir, snapshot):
         # np.savez appends ".npz" to a name without it; a file object keeps the temporary name.
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-    return epoch
+    return position
 
 
 def _read_snapshot(snapshot):
@@ -141,13 +152,14 @@ def _array(arrays, key, stored, shape, snapshot):
 
 
 def restore(snapshot, run_dir):
-    """Writes the snapshot's files into ``run_dir`` (new or empty); returns the epoch."""
+    """Writes the snapshot's files into ``run_dir`` (new or empty); returns where in the run its
+    checkpoint is (:func:`describe`)."""
     meta, arrays = _read_snapshot(snapshot)
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         raise SnapshotError(f"{run_dir}: not empty; restore into a new directory (nothing there is replaced)")
-    if not (isinstance(meta.get("epoch"), int) and isinstance(meta.get("text"), list)
+    if not (isinstance(meta.get("position"), str) and isinstance(meta.get("text"), list)
             and isinstance(meta.get("checkpoint"), dict)):
-        raise SnapshotError(f"{snapshot}: damaged description (epoch, text or checkpoint missing)")
+        raise SnapshotError(f"{snapshot}: damaged description (position, text or checkpoint missing)")
     files = {}
     for index, name in enumerate(meta["text"]):
         files[_safe_name(name, snapshot)] = ("text", arrays.get(f"text{index}"))
@@ -175,4 +187,4 @@ def restore(snapshot, run_dir):
                 packed.write_params(path, value)
         for name in files:
             os.replace(os.path.join(scratch, name), os.path.join(run_dir, name))
-    return meta["epoch"]
+    return meta["position"]

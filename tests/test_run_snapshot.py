@@ -96,11 +96,37 @@ def test_carried_run_resumes_from_rounded_checkpoint(tmp_path, monkeypatch):
     assert resumed.epoch == 3 and len(resumed.history) == 3
 
 
+def test_a_mid_epoch_checkpoint_is_carried(tmp_path, monkeypatch, capsys):
+    directory = write_cifar(str(tmp_path / "data"), count=40)
+    out, carried, snapshot = str(tmp_path / "run"), str(tmp_path / "carried"), str(tmp_path / "run.npz")
+    batches = len(data.cifar10(directory, 8, val_size=8).train)
+    step, calls = training.Step.__call__, []
+
+    def crash_in_second_epoch(self, *args):
+        calls.append(1)
+        if len(calls) == batches + 3:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(training.Step, "__call__", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(directory, out, checkpoint_minutes=1e-9).fit()
+    monkeypatch.setattr(training.Step, "__call__", step)
+    tool.main(["save", out, snapshot])
+    assert f"{out} after epoch 1 and step 2 of epoch 2" in capsys.readouterr().out
+    tool.main(["restore", snapshot, carried])
+    assert "restored after epoch 1 and step 2 of epoch 2" in capsys.readouterr().out
+    resumed = _tiny_run(directory, carried, resume=True)
+    assert (resumed.epoch, resumed.checkpoint_step) == (1, 2)
+    resumed.fit()
+    assert resumed.epoch == 3
+
+
 def test_errors_name_the_file(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="state.json: not found"):
         tool.main(["save", str(tmp_path), str(tmp_path / "s.npz")])
     (tmp_path / "state.json").write_text(json.dumps({"epoch": 0, "history": []}))
-    with pytest.raises(SystemExit, match="no finished epoch"):
+    with pytest.raises(SystemExit, match="no checkpoint to carry yet"):
         tool.main(["save", str(tmp_path), str(tmp_path / "s.npz")])
     assert not os.path.exists(tmp_path / "s.npz")
 

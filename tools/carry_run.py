@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Carries a training run's latest checkpoint to another machine in one compact file (bmx.run_snapshot).
 
-    python tools/carry_run.py save RUN_DIR SNAPSHOT.npz      # after an epoch has finished
+    python tools/carry_run.py save RUN_DIR SNAPSHOT.npz      # its latest checkpoint
     python tools/carry_run.py restore SNAPSHOT.npz RUN_DIR   # then train with the same command + --resume
 
 Float32 arrays travel as bfloat16 (half the size); see bmx/run_snapshot.py for what that changes.
@@ -27,11 +27,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "save":
-            epoch = save(args.run_dir, args.snapshot)
-            print(f"{args.snapshot}: epoch {epoch} of {args.run_dir}, {os.path.getsize(args.snapshot) / 2**20:.1f} MiB")
+            position = save(args.run_dir, args.snapshot)
+            print(f"{args.snapshot}: {args.run_dir} {position}, {os.path.getsize(args.snapshot) / 2**20:.1f} MiB")
         else:
-            epoch = restore(args.snapshot, args.run_dir)
-            print(f"{args.run_dir}: restored after epoch {epoch}; continue with the run's command + --resume")
+            position = restore(args.snapshot, args.run_dir)
+            print(f"{args.run_dir}: restored {position}; continue with the run's command + --resume")
     except (SnapshotError, packed.PackedFormatError) as err:
         sys.exit(f"carry_run.py: error: {err}")
 
