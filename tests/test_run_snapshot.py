@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from bmx import data, packed, run_snapshot, training
+from bmx import data, packed, run_snapshot
 from test_data import write_cifar
-from test_training import _params, _tiny_run
+from test_training import _crash_at_call, _params, _tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("carry_run", os.path.join(ROOT, "tools", "carry_run.py"))
@@ -50,18 +50,10 @@ def test_bfloat16_rounding_matches_reference():
 def _stopped_run(tmp_path, monkeypatch, directory, out):
     """A tiny 3-epoch run interrupted in its third epoch (checkpoint after epoch 2)."""
     batches = len(data.cifar10(directory, 8, val_size=8).train)
-    step, calls = training.Step.__call__, []
-
-    def crash_in_third_epoch(self, *args):
-        calls.append(1)
-        if len(calls) == 2 * batches + 1:
-            raise KeyboardInterrupt
-        return step(self, *args)
-
-    monkeypatch.setattr(training.Step, "__call__", crash_in_third_epoch)
+    undo = _crash_at_call(monkeypatch, 2 * batches + 1)
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(directory, out).fit()
-    monkeypatch.setattr(training.Step, "__call__", step)
+    undo()
 
 
 def test_carried_run_resumes_from_rounded_checkpoint(tmp_path, monkeypatch):
@@ -100,18 +92,10 @@ def test_a_mid_epoch_checkpoint_is_carried(tmp_path, monkeypatch, capsys):
     directory = write_cifar(str(tmp_path / "data"), count=40)
     out, carried, snapshot = str(tmp_path / "run"), str(tmp_path / "carried"), str(tmp_path / "run.npz")
     batches = len(data.cifar10(directory, 8, val_size=8).train)
-    step, calls = training.Step.__call__, []
-
-    def crash_in_second_epoch(self, *args):
-        calls.append(1)
-        if len(calls) == batches + 3:
-            raise KeyboardInterrupt
-        return step(self, *args)
-
-    monkeypatch.setattr(training.Step, "__call__", crash_in_second_epoch)
+    undo = _crash_at_call(monkeypatch, batches + 3)  # epoch 2, step 3
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(directory, out, checkpoint_minutes=1e-9).fit()
-    monkeypatch.setattr(training.Step, "__call__", step)
+    undo()
     tool.main(["save", out, snapshot])
     assert f"{out} after epoch 1 and step 2 of epoch 2" in capsys.readouterr().out
     tool.main(["restore", snapshot, carried])

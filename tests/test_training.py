@@ -154,19 +154,10 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path, monkeypatch):
 
     out = str(tmp_path / "b")
     batches = len(data.cifar10(directory, 8, val_size=8).train)
-    step = training.Step.__call__
-    calls = []
-
-    def crash_in_third_epoch(self, *args):
-        calls.append(1)
-        if len(calls) == 2 * batches + 2:
-            raise KeyboardInterrupt
-        return step(self, *args)
-
-    monkeypatch.setattr(training.Step, "__call__", crash_in_third_epoch)
+    undo = _crash_at_call(monkeypatch, 2 * batches + 2)  # in the third epoch
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(directory, out).fit()
-    monkeypatch.setattr(training.Step, "__call__", step)
+    undo()
     with open(os.path.join(out, "state.json")) as f:
         assert json.load(f)["epoch"] == 2
     assert not os.path.exists(os.path.join(out, "checkpoint-0003.params"))
